@@ -1,0 +1,5 @@
+import sys
+
+from cromss.cli import main
+
+sys.exit(main())

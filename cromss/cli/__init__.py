@@ -1,0 +1,60 @@
+"""The ``cromss`` command: one entry point, one subcommand group per concept.
+
+Each ``cromss.cli.<group>`` module exposes ``register(subparsers)`` and sets
+``func`` on its parsers; errors derived from :class:`~cromss.errors.CromssError` are printed as
+one clear line (no traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cromss import __version__
+from cromss.errors import CromssError
+
+#: Subcommand modules, in --help order. A module missing here is simply not offered.
+GROUPS = ("data", "pretrain", "export", "finetune", "analyze", "predict", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cromss",
+        description="Pretrain remote-sensing segmentation encoders on noisy labels across sensors "
+        "(CromSS), transfer them to mapping tasks and look at what they learned.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'cromss COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"cromss {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        try:
+            module = importlib.import_module(f"cromss.cli.{group}")
+        except ModuleNotFoundError as err:
+            if err.name == f"cromss.cli.{group}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except CromssError as err:
+        print(f"cromss: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cromss: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
