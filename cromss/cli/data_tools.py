@@ -1,0 +1,171 @@
+"""``cromss data osm-filter | pad | assemble-nol | convert | verify-store``: building datasets.
+
+Registered into the ``cromss data`` group by ``cromss.cli.data``. Heavy imports (rasterio, torch)
+happen inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def register(data_subparsers: argparse._SubParsersAction) -> None:
+    """Add the dataset-building subcommands to the ``cromss data`` subparsers."""
+    p = data_subparsers.add_parser(
+        "osm-filter", formatter_class=FORMATTER,
+        help="keep OSM label tiles that agree with the DW expert labels (Table I, acc > 0.75)",
+        description="Check every OSM label tile against the Dynamic World label tile of the same name\n"
+        "(file stem; both folders are searched recursively) with the many-to-many OSM->DW relation of\n"
+        "Table I (cromss.schema.OSM_TO_DW). acc = TP / N over the pixels labelled in both (DW 0 and\n"
+        "10 = cloud, and OSM 0 are unlabeled). A tile is kept when acc > --min-accuracy (strictly\n"
+        "greater, as the paper). Tiles without labelled pixels are dropped.\n\n"
+        "Writes OUT/kept_tiles.csv, OUT/all_tiles.csv (tile, accuracy, n_labelled, kept),\n"
+        "OUT/accuracy_histogram.{png,csv,json} (20 bins over [0, 1], plus counts and unpaired tiles).",
+        epilog="example: cromss data osm-filter --dw dw/train/label --osm osm/train/label --out osm_check",
+    )
+    p.add_argument("--dw", required=True, type=Path, help="folder of DW label GeoTIFFs (published ids 0..10)")
+    p.add_argument("--osm", required=True, type=Path, help="folder of OSM label GeoTIFFs (published ids 0..13)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the CSV/JSON/PNG files")
+    p.add_argument("--min-accuracy", type=float, default=0.75,
+                   help="keep tiles with accuracy strictly above this (default: 0.75, the paper's value)")
+    p.set_defaults(func=cmd_osm_filter)
+
+    p = data_subparsers.add_parser(
+        "pad", formatter_class=FORMATTER,
+        help="pad 510x510 tiles to 512x512 keeping the georeference",
+        description="Copy every GeoTIFF under SRC to the same relative path under --out, padding tiles\n"
+        "smaller than --size symmetrically (510 -> 512: one pixel on each side), as the paper did for\n"
+        "the 294 DW training tiles used as OSM test tiles. Fill: 0 for images (the paper's zero\n"
+        "border; also marked invalid in the GeoTIFF dataset mask) and 0 = unlabeled for labels\n"
+        "(files under a folder dw/ or osm/ or with 'label' in a folder or file name). The transform\n"
+        "is shifted by one pixel so every original pixel keeps its coordinates. Tiles already at\n"
+        "--size are copied unchanged.",
+        epilog="example: cromss data pad dw/train --out dw_train_512",
+    )
+    p.add_argument("src", type=Path, help="folder with the tiles (searched recursively for .tif)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (must differ from SRC)")
+    p.add_argument("--size", type=int, default=512, help="target side in pixels (default: 512)")
+    p.set_defaults(func=cmd_pad)
+
+    p = data_subparsers.add_parser(
+        "assemble-nol", formatter_class=FORMATTER,
+        help="join SSL4EO-S12 image ids with noisy label masks, keep 4-season locations",
+        description="Join the SSL4EO-S12 GeoTIFF trees (S1: <id>/<date>/*.tif, S2: <id>/<date>/*.tif)\n"
+        "with the noisy label masks (<id>/<season>.tif) by location id and keep the locations that\n"
+        "have S1, S2 and a label for all four seasons (paper Sec. II-A). Every dropped location is\n"
+        "listed with its reasons (no_s1/no_s2/no_label, missing_<source>_season: k of 4).\n"
+        "With three .lmdb paths the LMDB layout is checked instead: index i of S1, S2 and label must\n"
+        "carry the same sample id (else id_mismatch) and 4 seasons.\n\n"
+        "Writes OUT/kept_ids.txt, OUT/dropped.csv and OUT/assembly_report.json (counts per reason).",
+        epilog="example: cromss data assemble-nol --s1 ssl4eo/s1 --s2 ssl4eo/s2c --labels nol/dw_labels --out nol_report",
+    )
+    p.add_argument("--s1", required=True, type=Path,
+                   help="SSL4EO-S12 S1 folder (<id>/<date>/VV.tif ...) or S1 LMDB (0k_251k_uint8_s1.lmdb)")
+    p.add_argument("--s2", required=True, type=Path,
+                   help="SSL4EO-S12 S2 L1C folder (<id>/<date>/B1.tif ...) or S2 LMDB (0k_251k_uint8_s2c.lmdb)")
+    p.add_argument("--labels", required=True, type=Path,
+                   help="noisy label folder (<id>/<season>.tif) or label LMDB (dw_labels.lmdb)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the report")
+    p.set_defaults(func=cmd_assemble_nol)
+
+    p = data_subparsers.add_parser(
+        "convert", formatter_class=FORMATTER,
+        help="convert a dataset (LMDB / GeoTIFF layouts) into a sharded tar store for training at scale",
+        description="Read SRC with the cromss data readers and write DST: tar shards of --shard-size\n"
+        "locations whose members are gzip-compressed .npy arrays (webdataset naming: one member per\n"
+        "season for images, <key>.s2.0.npy.gz .. <key>.s2.3.npy.gz, so a reader inflates only the\n"
+        "season it feeds; <key>.label.npy.gz holds all seasons; <key>.json the id and metadata), plus\n"
+        "DST/index.json with per-shard sample counts, ids and sha256 checksums. All seasons and all\n"
+        "13 S2 bands are stored as the source holds them (uint8 from LMDB, raw DN/dB from GeoTIFF).\n"
+        "Read it with cromss.store.ShardedDataset (see docs/dataset-building.md).",
+        epilog="example: cromss data convert demo/nol nol_store --shard-size 16",
+    )
+    p.add_argument("src", type=Path, help="dataset folder (as data.root of a config)")
+    p.add_argument("dst", type=Path, help="new store folder")
+    p.add_argument("--kind", default="nol", choices=("nol", "dw", "osm", "dfc2020"), help="dataset kind (default: nol)")
+    p.add_argument("--format", default="auto", choices=("auto", "lmdb", "geotiff"),
+                   help="layout of a 'nol' source (default: auto-detect)")
+    p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
+                   help="which locations: all (nol: every location; tiles: the train folder), train/val "
+                   "(the seeded 1%% split of cromss.data), test (tiles) (default: all)")
+    p.add_argument("--modalities", default="s1,s2", help="comma-separated modalities to store (default: s1,s2)")
+    p.add_argument("--shard-size", type=int, default=64, help="locations per shard (default: 64)")
+    p.add_argument("--compression", default="gz", choices=("gz", "none"), help="shard compression (default: gz)")
+    p.add_argument("--level", type=int, default=1,
+                   help="gzip level 1..9 (default: 1; higher levels write slower and save little, "
+                   "see docs/dataset-building.md)")
+    p.set_defaults(func=cmd_convert)
+
+    p = data_subparsers.add_parser(
+        "verify-store", formatter_class=FORMATTER,
+        help="check every shard of a store against the sha256 sums of its index",
+        description="Recompute the sha256 of every shard listed in STORE/index.json; a missing or\n"
+        "corrupt shard is reported by name (exit status 2).",
+        epilog="example: cromss data verify-store nol_store",
+    )
+    p.add_argument("store", type=Path, help="store folder (with index.json)")
+    p.set_defaults(func=cmd_verify_store)
+
+
+def cmd_osm_filter(args: argparse.Namespace) -> int:
+    from cromss.curation import filter_osm_tiles, write_osm_filter_outputs
+
+    result = filter_osm_tiles(args.dw, args.osm, args.min_accuracy)
+    paths = write_osm_filter_outputs(result, args.out, args.min_accuracy)
+    print(f"checked {len(result.tiles)} tile pairs, kept {len(result.kept)} (accuracy > {args.min_accuracy}); "
+          f"{len(result.only_dw)} DW-only and {len(result.only_osm)} OSM-only tiles skipped")
+    print(f"kept list: {paths['kept']}  histogram: {paths['hist_png']}")
+    return 0
+
+
+def cmd_pad(args: argparse.Namespace) -> int:
+    from cromss.curation import pad_tree
+
+    counts = pad_tree(args.src, args.out, args.size)
+    print(f"padded {counts['padded']} file(s) to {args.size}x{args.size}, copied {counts['copied']} unchanged "
+          f"-> {args.out}")
+    return 0
+
+
+def cmd_assemble_nol(args: argparse.Namespace) -> int:
+    from cromss.curation import assemble_nol_lmdb, assemble_nol_tree, write_assembly_report
+
+    if all(str(p).rstrip("/").endswith(".lmdb") for p in (args.s1, args.s2, args.labels)):
+        result = assemble_nol_lmdb(args.s1, args.s2, args.labels)
+    else:
+        result = assemble_nol_tree(args.s1, args.s2, args.labels)
+    paths = write_assembly_report(result, args.out)
+    print(f"kept {len(result.kept)} location(s), dropped {len(result.dropped)}: "
+          f"{json.dumps(result.reason_counts())}")
+    print(f"report: {paths['report']}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from cromss.data import DataConfig
+    from cromss.store import convert_dataset
+
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    cfg = DataConfig(kind=args.kind, root=str(args.src), format=args.format, modalities=modalities,
+                     crop_size=None)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 100 == 0:
+            print(f"  {done}/{total} locations", flush=True)
+
+    index = convert_dataset(cfg, args.dst, args.split, args.shard_size, args.compression, progress, args.level)
+    size = sum(s["bytes"] for s in index["shards"])
+    print(f"wrote {index['total']} locations in {len(index['shards'])} shard(s), {size / 1e6:.1f} MB -> {args.dst}")
+    return 0
+
+
+def cmd_verify_store(args: argparse.Namespace) -> int:
+    from cromss.store import verify_store
+
+    counts = verify_store(args.store)
+    print(f"{args.store}: {counts['shards']} shard(s), {counts['samples']} samples, all checksums match")
+    return 0
