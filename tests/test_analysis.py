@@ -1,0 +1,281 @@
+"""Analyses of Sec. IV-D/E: BN-KL (Fig. 8), weight KL (Fig. 12), PCA curves (Fig. 13), panels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cromss.analysis import (
+    bn_kl,
+    gaussian_kl,
+    neg_inv_log,
+    pca_curve,
+    stage_features,
+    weight_kl,
+    weight_tensors,
+)
+from cromss.errors import DataError
+
+
+# ----------------------------------------------------------------------------- Gaussian / BN KL
+def test_gaussian_kl_hand_values():
+    # KL(N(0,1) || N(1,1)) = 1/2; KL(N(0,1) || N(0,4)) = (log 4 + 1/4 - 1) / 2
+    kl = gaussian_kl(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]),
+                     torch.tensor([1.0, 0.0]), torch.tensor([1.0, 4.0]))
+    assert kl[0].item() == pytest.approx(0.5)
+    assert kl[1].item() == pytest.approx(0.5 * (math.log(4.0) + 0.25 - 1.0))
+
+
+def _bn_state(means: list[list[float]], variances: list[list[float]], prefix: str = "encoder.") -> dict:
+    state = {}
+    for i, (m, v) in enumerate(zip(means, variances)):
+        state[f"{prefix}bn{i}.weight"] = torch.ones(len(m))
+        state[f"{prefix}bn{i}.running_mean"] = torch.tensor(m)
+        state[f"{prefix}bn{i}.running_var"] = torch.tensor(v)
+        state[f"{prefix}bn{i}.num_batches_tracked"] = torch.tensor(3)
+    return state
+
+
+def test_bn_kl_identical_is_zero_and_hand_value():
+    state_a = _bn_state([[0.0, 1.0], [2.0]], [[1.0, 2.0], [0.5]])
+    assert bn_kl(state_a, dict(state_a), "encoder.") == 0.0
+    # layer 0: channel 0 KL(N(0,1)||N(1,1)) = 0.5, channel 1 identical = 0 -> 0.25; layer 1: 0
+    state_b = _bn_state([[1.0, 1.0], [2.0]], [[1.0, 2.0], [0.5]])
+    assert bn_kl(state_a, state_b, "encoder.", eps=0.0) == pytest.approx((0.25 + 0.0) / 2)
+
+
+def test_bn_kl_selects_prefix_and_reports_missing_layers():
+    state = {**_bn_state([[0.0]], [[1.0]], "encoder."), **_bn_state([[5.0]], [[1.0]], "decoder.")}
+    other = {**_bn_state([[0.0]], [[1.0]], "encoder."), **_bn_state([[0.0]], [[1.0]], "decoder.")}
+    assert bn_kl(state, other, "encoder.") == 0.0
+    assert bn_kl(state, other, "decoder.", eps=0.0) == pytest.approx(12.5)
+    with pytest.raises(DataError, match="prefix 'head.'"):
+        bn_kl(state, other, "head.")
+    with pytest.raises(DataError, match="missing"):
+        bn_kl(state, _bn_state([[0.0]], [[1.0]], "encoder."), "decoder.")
+
+
+# ----------------------------------------------------------------------------- weight KL
+def test_weight_kl_identical_is_zero():
+    torch.manual_seed(0)
+    tensors = [torch.randn(16, 3, 3, 3), torch.randn(16)]
+    assert weight_kl(tensors, [t.clone() for t in tensors]) == 0.0
+
+
+def test_weight_kl_hand_value_two_bins():
+    # before: half in each bin; after: 1/4 and 3/4 -> KL = 0.5 ln 2 + 0.5 ln(2/3)
+    kl = weight_kl([torch.tensor([0.0, 0.0, 1.0, 1.0])], [torch.tensor([0.0, 1.0, 1.0, 1.0])], bins=2)
+    assert kl == pytest.approx(0.5 * math.log(2.0) + 0.5 * math.log(2.0 / 3.0), rel=1e-6)
+
+
+def test_weight_kl_grows_with_shift():
+    torch.manual_seed(0)
+    before = [torch.randn(20_000)]
+    kls = [weight_kl(before, [before[0] + shift]) for shift in (0.0, 0.1, 0.5, 1.0)]
+    assert kls[0] == 0.0
+    assert kls[1] > 0.0
+    assert kls[1] < kls[2] < kls[3]
+
+
+def test_weight_tensors_skips_bn_statistics():
+    state = _bn_state([[0.0, 1.0]], [[1.0, 1.0]])
+    assert set(weight_tensors(state, "encoder.")) == {"encoder.bn0.weight"}
+
+
+def test_neg_inv_log_display_value():
+    assert neg_inv_log(0.0) == 0.0
+    assert neg_inv_log(math.exp(-2.0)) == pytest.approx(0.5)
+    assert neg_inv_log(1e-4) < neg_inv_log(1e-2)
+
+
+# ----------------------------------------------------------------------------- PCA curves
+def test_pca_curve_hand_value():
+    # centred columns with variances 4 and 1 and zero covariance -> ratios 0.8, 0.2
+    x = np.array([[2.0, 1.0], [2.0, -1.0], [-2.0, 1.0], [-2.0, -1.0]])
+    np.testing.assert_allclose(pca_curve(x), [0.8, 1.0], atol=1e-12)
+
+
+def test_pca_curve_monotone_and_ends_at_one():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 32)) @ rng.normal(size=(32, 32))
+    curve = pca_curve(x)
+    assert curve.shape == (32,)
+    assert np.all(np.diff(curve) >= 0)
+    assert curve[-1] == pytest.approx(1.0)
+    assert 0 < curve[0] < 1
+
+
+def test_pca_curve_rejects_constant_features():
+    with pytest.raises(DataError, match="zero variance"):
+        pca_curve(np.ones((10, 3)))
+
+
+def test_stage_features_shapes():
+    import segmentation_models_pytorch as smp
+
+    encoder = smp.encoders.get_encoder("resnet18", in_channels=3, depth=5, weights=None).eval()
+    images = torch.randn(2, 3, 64, 64)
+    image_level = stage_features(encoder, images)
+    assert [tuple(f.shape) for f in image_level] == [(2, 64), (2, 64), (2, 128), (2, 256), (2, 512)]
+    pixel_level = stage_features(encoder, images, pixels_per_image=10,
+                                 generator=torch.Generator().manual_seed(0))
+    # stage 5 of a 64 px image has 2x2 = 4 pixels per image
+    assert [tuple(f.shape) for f in pixel_level] == [(20, 64), (20, 64), (20, 128), (20, 256), (8, 512)]
+
+
+# ----------------------------------------------------------------------------- glue: checkpoints, CLI
+def _tiny_cfg(fusion: str = "mid"):
+    from cromss.models import ModelConfig
+
+    modalities = ["s2"] if fusion == "single" else ["s1", "s2"]
+    return ModelConfig(encoder="resnet18", fusion=fusion, modalities=modalities,
+                       decoder_channels=[32, 16, 16, 8, 8])
+
+
+def _save_ckpt(path, net, cfg, epoch):
+    from cromss.config import to_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epoch, "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"config": {"model": to_dict(cfg),
+                                                "method": {"alpha0": 0.5, "rampup_epochs": 4}}}}, path)
+
+
+def _perturb_bn(net, shift: float):
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean += shift
+                module.running_var *= 1.0 + shift
+
+
+def test_bn_kl_curve_and_cli(tmp_path):
+    from cromss.analysis import bn_kl_curve
+    from cromss.cli import main
+    from cromss.models import build_model
+
+    torch.manual_seed(0)
+    single_cfg, mid_cfg = _tiny_cfg("single"), _tiny_cfg("mid")
+    single, mid = build_model(single_cfg), build_model(mid_cfg)
+    for epoch, shift in ((1, 0.0), (2, 0.5)):
+        _save_ckpt(tmp_path / "single" / "checkpoints" / f"epoch={epoch}.ckpt", single, single_cfg, epoch)
+        _perturb_bn(mid, shift)
+        _save_ckpt(tmp_path / "mid" / "checkpoints" / f"epoch={epoch}.ckpt", mid, mid_cfg, epoch)
+    curve = bn_kl_curve(tmp_path / "single", tmp_path / "mid", "s2")
+    assert [row["epoch"] for row in curve] == [1.0, 2.0]
+    # freshly initialised BN layers (mean 0, var 1) are identical at epoch 1
+    assert curve[0]["encoder"] == pytest.approx(0.0, abs=1e-12)
+    assert curve[0]["decoder"] == pytest.approx(0.0, abs=1e-12)
+    assert curve[1]["encoder"] > 0 and curve[1]["decoder"] > 0
+    assert main(["analyze", "bn-kl", str(tmp_path / "single"), str(tmp_path / "mid"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "bn_kl.png").stat().st_size > 1000
+    data = __import__("json").loads((tmp_path / "out" / "bn_kl.json").read_text())
+    assert list(data) == ["single vs mid"]
+
+
+def test_weight_kl_cli_before_after(tmp_path):
+    from cromss.analysis import weight_kl_parts
+    from cromss.cli import main
+    from cromss.models import build_model
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg("mid")
+    net = build_model(cfg)
+    _save_ckpt(tmp_path / "before.ckpt", net, cfg, 0)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith("encoders.s2."):
+                param.mul_(1.5)
+    _save_ckpt(tmp_path / "after.ckpt", net, cfg, 1)
+    same = weight_kl_parts(tmp_path / "before.ckpt", tmp_path / "before.ckpt")
+    assert same["encoder"]["kl"] == 0.0 and same["decoder"]["kl"] == 0.0
+    changed = weight_kl_parts(tmp_path / "before.ckpt", tmp_path / "after.ckpt")
+    assert changed["encoder"]["kl"] > 0.0 and changed["decoder"]["kl"] == 0.0
+    assert main(["analyze", "weight-kl", str(tmp_path / "before.ckpt"), str(tmp_path / "after.ckpt"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "weight_kl.png").is_file()
+    assert main(["analyze", "weight-kl", str(tmp_path / "before.ckpt")]) == 2  # odd count -> clear error
+
+
+def _batch(modalities=("s1", "s2"), size=32, n=2):
+    gen = torch.Generator().manual_seed(0)
+    batch = {"s1": torch.rand(n, 2, size, size, generator=gen), "s2": torch.rand(n, 13, size, size, generator=gen),
+             "label": torch.randint(0, 9, (n, size, size), generator=gen),
+             "label_true": torch.randint(0, 9, (n, size, size), generator=gen),
+             "valid": torch.ones(n, size, size, dtype=torch.bool), "id": [f"s{i}" for i in range(n)]}
+    batch["label"][:, :4] = 255
+    return {k: v for k, v in batch.items() if k not in ("s1", "s2") or k in modalities}
+
+
+def test_selection_masks_and_panels(tmp_path):
+    from cromss.analysis import map_panels, mask_panels, selection_masks
+    from cromss.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(_tiny_cfg("mid"))
+    batch = _batch()
+    masks = selection_masks(net, batch, alpha=0.5, gamma=1.0)
+    assert set(masks) == {"s1", "s2"}
+    for values in masks["s2"].values():
+        assert values.shape == (2, 32, 32)
+        assert float(values.min()) >= 0.0 and float(values.max()) <= 1.0 + 1e-6
+    # ignored pixels get no weight; with alpha = 0.5 some labelled pixels keep full weight 1
+    assert float(masks["s2"]["w_l"][:, :4].abs().max()) == 0.0
+    assert float(masks["s2"]["w_l"].max()) == pytest.approx(1.0)
+    written = mask_panels(net, batch, tmp_path / "masks", 0.5, 1.0)
+    assert len(written) == 2 and all(p.stat().st_size > 5000 for p in written)
+    single = build_model(_tiny_cfg("single"))
+    maps = map_panels({"mid": net, "single": single}, batch, tmp_path / "maps")
+    assert len(maps) == 2 and maps[0].name == "maps_00_s0.png"
+
+
+def test_load_encoder_and_pca_plot(tmp_path):
+    from cromss.analysis import load_encoder, pca_curves, plot_pca
+    from cromss.models import build_model
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg("mid")
+    net = build_model(cfg)
+    _save_ckpt(tmp_path / "run.ckpt", net, cfg, 3)
+    encoder = load_encoder(tmp_path / "run.ckpt", "s2")
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, net.encoders["s2"].state_dict()[key])
+    images = torch.rand(6, 13, 64, 64)
+    curves = pca_curves(encoder, images, pixels_per_image=8)
+    assert len(curves) == 5 and all(c[-1] == pytest.approx(1.0) for c in curves)
+    assert plot_pca({"run": curves}, tmp_path / "pca.png").stat().st_size > 1000
+
+
+def test_analyze_cli_on_demo_run_then_report(tmp_path):
+    """masks -> maps -> pca on a fake pretraining run over the demo data, then the HTML report."""
+    import yaml
+
+    from cromss.cli import main
+    from cromss.config import to_dict
+    from cromss.data.demo import make_demo
+    from cromss.models import build_model
+
+    demo = make_demo(tmp_path / "demo", locations=4, size=64, layouts=("geotiff",), dw_train=2, dw_test=1)
+    torch.manual_seed(0)
+    cfg = _tiny_cfg("mid")
+    run = tmp_path / "run"
+    _save_ckpt(run / "checkpoints" / "last.ckpt", build_model(cfg), cfg, 2)
+    config = {"model": to_dict(cfg), "data": {"kind": "nol", "root": str(demo), "format": "geotiff"},
+              "method": {"alpha0": 0.5, "rampup_epochs": 4}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["analyze", "masks", str(run), "--samples", "2"]) == 0
+    masks = sorted((run / "analysis" / "masks").glob("*.png"))
+    assert len(masks) == 2
+    assert main(["analyze", "maps", str(run), "--samples", "1"]) == 0
+    assert len(list((run / "analysis" / "maps").glob("*.png"))) == 1
+    assert main(["analyze", "pca", str(run), "--samples", "4", "--pixels", "4",
+                 "--out", str(run / "analysis" / "pca")]) == 0
+    pca = __import__("json").loads((run / "analysis" / "pca" / "pca.json").read_text())
+    assert len(pca["image"]["run"]) == 5 and pca["pixel"]["run"][0][-1] == pytest.approx(1.0)
+    assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 + 1 + 2  # masks, maps, pca (+ schedule)
