@@ -1,0 +1,68 @@
+"""LightningDataModule over :func:`cromss.data.datasets.build_dataset`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from cromss import schema
+from cromss.data.config import DataConfig
+from cromss.data.datasets import build_dataset
+from cromss.errors import DataError
+
+
+class CromSSDataModule(L.LightningDataModule):
+    """Train / val / test loaders of one dataset.
+
+    Train: shuffled, augmented, random season, ``drop_last`` only when the split has more than one
+    batch. Val/test: no augmentation, deterministic season(s) (``cfg.eval_seasons``), full tiles.
+    ``num_classes`` and ``class_table`` come from ``schema.CLASS_TABLES[cfg.kind]``.
+    """
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.class_table: schema.ClassTable = schema.CLASS_TABLES[cfg.kind]
+        self.num_classes: int = self.class_table.num_classes
+        self.datasets: dict[str, Dataset] = {}
+
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of ``split``, built once."""
+        if split not in self.datasets:
+            self.datasets[split] = build_dataset(self.cfg, split, train=split == "train")
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.dataset("train")
+            self.dataset("val")
+        if stage == "validate":
+            self.dataset("val")
+        if stage in ("test", "predict") and self.cfg.kind != "nol":
+            self.dataset("test")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        if len(dataset) == 0:
+            raise DataError(f"the {split} split of {self.cfg.root} is empty")
+        workers = self.cfg.num_workers
+        kwargs: dict[str, Any] = {}
+        if workers > 0:
+            kwargs["persistent_workers"] = self.cfg.persistent_workers
+        return DataLoader(
+            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
+            pin_memory=self.cfg.pin_memory, drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
