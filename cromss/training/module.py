@@ -1,0 +1,287 @@
+"""The pretraining LightningModule: CromSS (paper Sec. III, Figs. 3 and 5) on top of the method math.
+
+The network is ``self.net`` (a :class:`cromss.models.CromSSNet`), so checkpoint keys are
+``net.<CromSSNet keys>``; the resolved config is saved as ``hyper_parameters["config"]`` (a plain
+dict). The math lives in :mod:`cromss.selection`, :mod:`cromss.smoothing` and :mod:`cromss.losses`;
+this module only wires it together, logs and schedules.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.classification import BinaryAUROC, MulticlassJaccardIndex
+
+from cromss.config import from_dict, to_dict
+from cromss.errors import DataError
+from cromss.losses import consistency_loss, segmentation_loss
+from cromss.models import build_model
+from cromss.schema import CLASS_TABLES, IGNORE_INDEX
+from cromss.selection import alpha_at, gamma_at, selection_weights
+from cromss.smoothing import smooth_labels
+from cromss.training.config import PretrainConfig
+
+#: Number of score bins of the noise-detection ROC-AUC (constant memory over any validation set).
+AUC_THRESHOLDS = 1001
+
+
+class ClassMean(Metric):
+    """Per-class mean of a pixel quantity over an epoch (sums and counts; synced across ranks)."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("total", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor, labels: Tensor) -> None:
+        """values [B,H,W] float, labels [B,H,W] int (IGNORE_INDEX skipped)."""
+        keep = labels != IGNORE_INDEX
+        classes = labels[keep].long()
+        self.total += torch.bincount(classes, weights=values[keep].double(), minlength=self.num_classes)
+        self.count += torch.bincount(classes, minlength=self.num_classes).double()
+
+    def compute(self) -> Tensor:
+        """[C] means; NaN for classes without pixels."""
+        return torch.where(self.count > 0, self.total / self.count.clamp(min=1), torch.nan)
+
+
+def one_hot_targets(labels: Tensor, num_classes: int, beta: float = 0.0) -> Tensor:
+    """Eq. (13) with mu = 0: ``(1 - beta) Z + beta / C`` at labelled pixels, all-zero rows at ignored ones.
+
+    labels [B,H,W] int -> [B,C,H,W] float32.
+    """
+    labelled = labels != IGNORE_INDEX
+    safe = torch.where(labelled, labels, torch.zeros_like(labels)).long()
+    z = torch.nn.functional.one_hot(safe, num_classes).permute(0, 3, 1, 2).float()
+    z = (1.0 - beta) * z + beta / num_classes
+    return z * labelled.unsqueeze(1)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of the global RNGs for one (rank, epoch): fixed, so a resumed run replays the same stream."""
+    return (seed + rank + 1_000_003 * epoch) % (2**32)
+
+
+class CromSSModule(L.LightningModule):
+    """CromSS pretraining (or its ablations: single-modal, no selection, other smoothing)."""
+
+    def __init__(self, config: PretrainConfig | dict[str, Any]) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, PretrainConfig) else from_dict(PretrainConfig, config)
+        self.cfg = cfg
+        self.save_hyperparameters({"config": to_dict(cfg)})
+        self.net = build_model(cfg.model)
+        self.modalities: list[str] = list(cfg.model.modalities)
+        self.num_classes = cfg.model.num_classes
+        table = CLASS_TABLES.get(cfg.data.kind)
+        self.class_names = list(table.names) if table is not None else [str(c) for c in range(self.num_classes)]
+        # consistency pairs (student, target): each modality learns from every other one (eq. 1)
+        multimodal = len(self.modalities) > 1 and cfg.method.consistency
+        self.pairs = [(s, t) for s in self.modalities for t in self.modalities if s != t] if multimodal else []
+
+        def per_modality(factory):
+            return torch.nn.ModuleDict({m: factory() for m in self.modalities})
+
+        def jaccard():
+            return MulticlassJaccardIndex(self.num_classes, average="macro", ignore_index=IGNORE_INDEX)
+
+        self.val_miou_noisy = per_modality(jaccard)
+        self.val_miou_true = per_modality(jaccard)
+        self.val_noise_auc = per_modality(lambda: BinaryAUROC(thresholds=AUC_THRESHOLDS, validate_args=False))
+        self.train_w_l = per_modality(lambda: ClassMean(self.num_classes))
+        self.train_w_e = per_modality(lambda: ClassMean(self.num_classes))
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict[str, Any] | None = None
+        self._val_loss_epoch: tuple[int, float] | None = None
+        #: epoch the fit starts at (0, or the resumed epoch); see on_fit_start
+        self.first_epoch = 0
+        self._seeded_epoch: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        missing = [m for m in self.modalities if m not in batch]
+        if missing:
+            raise DataError(f"batch lacks modality '{missing[0]}' (keys: {sorted(batch)})")
+        return {m: batch[m] for m in self.modalities}
+
+    def fractional_epoch(self, batch_idx: int) -> float:
+        """Epoch + fraction of it done: alpha and gamma ramp per step, not per epoch."""
+        total = self.trainer.num_training_batches
+        fraction = batch_idx / total if isinstance(total, int | float) and math.isfinite(total) and total > 0 else 0.0
+        return self.current_epoch + fraction
+
+    def sync_selection(self) -> bool:
+        """Thresholds over all ranks' batches: method.sync_selection, or (None) when world size > 1."""
+        setting = self.cfg.method.sync_selection
+        if setting is not None:
+            return setting
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    def targets(self, batch: dict[str, Any]) -> Tensor:
+        """Soft targets Z' [B,C,H,W] of eq. (13) for the configured smoothing."""
+        method = self.cfg.method
+        if method.smoothing != "spatial_temporal":
+            return one_hot_targets(batch["label"], self.num_classes, method.effective_beta)
+        for key in ("labels_all_seasons", "season"):
+            if key not in batch:
+                raise DataError(f"method.smoothing 'spatial_temporal' needs batch key '{key}' (keys: {sorted(batch)})")
+        smoothed = smooth_labels(batch["labels_all_seasons"], batch["season"], self.num_classes,
+                                 beta=method.beta, mu=method.mu, sigma=method.sigma, ignore_index=IGNORE_INDEX)
+        # the fed label may be masked (invalid pixels) where the seasonal stack is not
+        return smoothed * (batch["label"] != IGNORE_INDEX).unsqueeze(1)
+
+    def weights(self, probs: dict[str, Tensor], labels: Tensor, alpha: float, gamma: float,
+                selection: bool) -> dict[str, dict[str, Tensor]]:
+        """W_l and W_e per modality (Fig. 5); without selection: 1 on labelled pixels, 0 elsewhere."""
+        if not selection:
+            labelled = (labels != IGNORE_INDEX).float()
+            return {m: {"w_l": labelled, "w_e": labelled} for m in probs}
+        return selection_weights(probs, labels, alpha, gamma, self.num_classes, IGNORE_INDEX,
+                                 enhance=self.cfg.method.enhance, sync=self.sync_selection())
+
+    def objective(self, logits: dict[str, Tensor], probs: dict[str, Tensor], targets: Tensor,
+                  weights: dict[str, dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. (1) with eqs. (6)-(7): sum_d L_s(Q_d | Z', W_l^d) + sum_d L_c(P_d' || Q_d | W_e^d')."""
+        dice = self.cfg.method.dice
+        terms = {f"seg_{m}": segmentation_loss(logits[m], targets, weights[m]["w_l"], dice=dice)
+                 for m in self.modalities}
+        for student, target in self.pairs:
+            # W_e of the TARGET modality weighs the term that trains the student (eq. 7, Fig. 5)
+            terms[f"cons_{student}"] = self.cfg.method.consistency_weight * consistency_loss(
+                logits[student], probs[target], weights[target]["w_e"])
+        return torch.stack(list(terms.values())).sum(), terms
+
+    # ------------------------------------------------------------------ training
+    def _reseed(self, epoch: int) -> None:
+        seed = epoch_seed(self.cfg.seed, self.global_rank, epoch)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self._seeded_epoch = epoch
+
+    def on_fit_start(self) -> None:
+        # Lightning builds the FIRST epoch's data iterator (and prefetches a batch) before
+        # on_train_epoch_start, so that epoch is seeded here; ``first_epoch`` is set by pretrain()
+        # from the checkpoint when resuming (the loop state is restored only after this hook)
+        self._reseed(self.first_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        # per-rank, per-epoch seeds: ranks augment differently; a resumed run replays the same stream
+        if self.current_epoch != self._seeded_epoch:
+            self._reseed(self.current_epoch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        method, labels = self.cfg.method, batch["label"]
+        logits = self.net(self._inputs(batch))
+        probs = {m: out.float().softmax(dim=1) for m, out in logits.items()}
+        epoch = self.fractional_epoch(batch_idx)
+        alpha, gamma = alpha_at(epoch, method.alpha0, method.rampup_epochs), gamma_at(epoch, method.rampup_epochs)
+        targets = self.targets(batch)
+        started = time.perf_counter()
+        weights = self.weights(probs, labels, alpha, gamma, method.selection)
+        selection_ms = 1000.0 * (time.perf_counter() - started)
+        loss, terms = self.objective(logits, probs, targets, weights)
+        self._log_train(loss, terms, alpha, gamma, selection_ms, weights, labels)
+        return loss
+
+    def _log_train(self, loss: Tensor, terms: dict[str, Tensor], alpha: float, gamma: float,
+                   selection_ms: float, weights: dict[str, dict[str, Tensor]], labels: Tensor) -> None:
+        batch_size = labels.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, on_step=True, on_epoch=True)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size, on_step=True, on_epoch=True)
+        self.log("train/alpha", alpha, batch_size=batch_size, on_step=True, on_epoch=False)
+        self.log("train/gamma", gamma, batch_size=batch_size, on_step=True, on_epoch=False)
+        self.log("train/selection_ms", selection_ms, batch_size=batch_size, on_step=True, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size,
+                 on_step=True, on_epoch=False)
+        for m in self.modalities:
+            self.train_w_l[m].update(weights[m]["w_l"].detach(), labels)
+            self.train_w_e[m].update(weights[m]["w_e"].detach(), labels)
+
+    def on_train_epoch_end(self) -> None:
+        for kind, metrics in (("w_l", self.train_w_l), ("w_e", self.train_w_e)):
+            for m in self.modalities:
+                means = metrics[m].compute()  # synced over ranks: identical everywhere
+                for c, value in enumerate(means.tolist()):
+                    if not math.isnan(value):
+                        self.log(f"train/{kind}_{m}/{self.class_names[c]}", value, sync_dist=True)
+                metrics[m].reset()
+        # the plateau scheduler is stepped here (not by Lightning) so that last.ckpt, written later in
+        # this hook chain, already holds its post-step state: resuming then reproduces the run exactly
+        if self._plateau is not None and self._val_loss_epoch and self._val_loss_epoch[0] == self.current_epoch:
+            self._plateau.step(self._val_loss_epoch[1])
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        labels = batch["label"]
+        batch_size = labels.shape[0]
+        logits = self.net(self._inputs(batch))
+        probs = {m: out.float().softmax(dim=1) for m, out in logits.items()}
+        # validation loss: the plain objective (one-hot noisy labels, every labelled pixel weight 1),
+        # comparable across epochs and methods; it drives ReduceLROnPlateau and best.ckpt
+        plain = self.weights(probs, labels, 1.0, 0.0, selection=False)
+        loss, terms = self.objective(logits, probs, one_hot_targets(labels, self.num_classes), plain)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+        for name, value in terms.items():
+            self.log(f"val/{name}", value, sync_dist=True, batch_size=batch_size)
+        truth = batch.get("label_true")
+        for m in self.modalities:
+            predicted = logits[m].argmax(dim=1)
+            self.val_miou_noisy[m].update(predicted, labels)
+            self.log(f"val/miou_noisy_{m}", self.val_miou_noisy[m], batch_size=batch_size)
+            if truth is not None:
+                self.val_miou_true[m].update(predicted, truth)
+                self.log(f"val/miou_true_{m}", self.val_miou_true[m], batch_size=batch_size)
+        if truth is not None:
+            self._update_noise_auc(probs, labels, truth, batch_size)
+
+    def _update_noise_auc(self, probs: dict[str, Tensor], labels: Tensor, truth: Tensor, batch_size: int) -> None:
+        """ROC-AUC of 1 - W_l (at the current alpha, as in training) for flagging label != label_true."""
+        method = self.cfg.method
+        epoch = 0.0 if self.trainer.sanity_checking else float(self.current_epoch + 1)
+        alpha, gamma = alpha_at(epoch, method.alpha0, method.rampup_epochs), gamma_at(epoch, method.rampup_epochs)
+        weights = self.weights(probs, labels, alpha, gamma, selection=True)
+        known = (labels != IGNORE_INDEX) & (truth != IGNORE_INDEX)
+        noisy = (labels != truth)[known].long()
+        for m in self.modalities:
+            self.val_noise_auc[m].update(1.0 - weights[m]["w_l"][known], noisy)
+            self.log(f"val/noise_auc_{m}", self.val_noise_auc[m], batch_size=batch_size)
+
+    def on_validation_end(self) -> None:
+        # here (not in on_validation_epoch_end) callback_metrics already hold this epoch's val/loss
+        if self.trainer.sanity_checking:
+            return
+        value = self.trainer.callback_metrics.get("val/loss")
+        if value is not None:
+            self._val_loss_epoch = (self.current_epoch, float(value))
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optim = self.cfg.optim
+        factory = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+        optimizer = factory(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        if optim.scheduler == "plateau":
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=optim.factor, patience=optim.patience)
+            if self._plateau_state is not None:
+                self._plateau.load_state_dict(self._plateau_state)
+        return optimizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._plateau is not None:
+            checkpoint["cromss_plateau_scheduler"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._plateau_state = checkpoint.get("cromss_plateau_scheduler")
