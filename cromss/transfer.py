@@ -438,6 +438,7 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from cromss.checkpoints import AtomicCheckpointIO
     from cromss.data import CromSSDataModule
 
     run_cfg = copy.deepcopy(cfg)
@@ -472,6 +473,8 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[checkpoint],
+        # checkpoints via <file>.tmp + rename: a crash mid-save never leaves a truncated best.ckpt
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
         default_root_dir=run_dir,
     )

@@ -115,7 +115,9 @@ class TrainerConfig:
     ``precision`` 'auto' = 'bf16-mixed' on a GPU that supports it ('16-mixed' otherwise) and
     '32-true' on CPU. ``channels_last`` None = on for GPUs. ``devices``/``num_nodes``/``strategy``
     as Lightning ('auto' strategy = DDP when more than one device). ``limit_*_batches``: an int
-    (batches) or a float (fraction) or null (all).
+    (batches) or a float (fraction) or null (all). ``checkpoint_every_n_epochs`` k: also keep
+    ``checkpoints/epoch=N.ckpt`` every k epochs (N = Lightning's 0-based epoch: k=10 keeps epoch=9,
+    epoch=19, ...), e.g. for ``cromss analyze bn-kl`` curves over epochs; None = only last/best.ckpt.
     """
 
     max_epochs: int = 200
@@ -133,6 +135,7 @@ class TrainerConfig:
     deterministic: bool | str = False
     gradient_clip_val: float | None = None
     progress_bar: bool = True
+    checkpoint_every_n_epochs: int | None = None
 
     def validate(self) -> None:
         """Raise ConfigError naming the ``trainer.*`` key of an impossible value."""
@@ -154,6 +157,11 @@ class TrainerConfig:
                 raise ConfigError(f"config key 'trainer.{key}': {value} must be > 0 or null")
         if isinstance(self.deterministic, str) and self.deterministic != "warn":
             raise ConfigError(f"config key 'trainer.deterministic': {self.deterministic!r} must be true, false or 'warn'")
+        if self.checkpoint_every_n_epochs is not None and self.checkpoint_every_n_epochs < 1:
+            raise ConfigError(
+                f"config key 'trainer.checkpoint_every_n_epochs': {self.checkpoint_every_n_epochs} must be "
+                ">= 1 or null (no periodic checkpoints)"
+            )
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
             raise ConfigError(f"config key 'trainer.gradient_clip_val': {self.gradient_clip_val} must be > 0 or null")
 

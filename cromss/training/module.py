@@ -9,8 +9,10 @@ this module only wires it together, logs and schedules.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -31,6 +33,12 @@ from cromss.training.config import PretrainConfig
 
 #: Number of score bins of the noise-detection ROC-AUC (constant memory over any validation set).
 AUC_THRESHOLDS = 1001
+
+#: Test-only fault injection (see docs/troubleshooting.md): with ``CROMSS_TEST_FAIL_RANK=r`` the
+#: training step of global rank ``r`` raises a DataError once ``global_step >= CROMSS_TEST_FAIL_STEP``
+#: (default 0). Used to check that a failing DDP rank fails the whole job with its message.
+FAIL_RANK_ENV = "CROMSS_TEST_FAIL_RANK"
+FAIL_STEP_ENV = "CROMSS_TEST_FAIL_STEP"
 
 
 class ClassMean(Metric):
@@ -107,6 +115,8 @@ class CromSSModule(L.LightningModule):
         #: epoch the fit starts at (0, or the resumed epoch); see on_fit_start
         self.first_epoch = 0
         self._seeded_epoch: int | None = None
+        #: optimizer steps skipped because the loss was NaN/Inf (logged as train/skipped_steps, checkpointed)
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------ helpers
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -181,7 +191,38 @@ class CromSSModule(L.LightningModule):
         if self.current_epoch != self._seeded_epoch:
             self._reseed(self.current_epoch)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def _maybe_inject_failure(self) -> None:
+        rank = os.environ.get(FAIL_RANK_ENV)
+        if rank is not None and int(rank) == self.global_rank and self.global_step >= int(
+                os.environ.get(FAIL_STEP_ENV, "0")):
+            raise DataError(f"injected failure on rank {self.global_rank} at step {self.global_step} "
+                            f"(test hook {FAIL_RANK_ENV})")
+
+    def _all_ranks_finite(self, loss: Tensor) -> bool:
+        """True if the loss is finite on every rank (all ranks must skip together, or DDP would hang)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad > 0)
+
+    def _skip_step(self, loss: Tensor, batch_size: int) -> None:
+        self.skipped_steps += 1
+        warnings.warn(
+            f"non-finite loss ({float(loss.detach()):g} on rank {self.global_rank}) "
+            f"at epoch {self.current_epoch} "
+            f"step {self.global_step}: optimizer step skipped, weights and BatchNorm statistics unchanged "
+            f"(train/skipped_steps = {self.skipped_steps}); see docs/troubleshooting.md",
+            UserWarning, stacklevel=2,
+        )
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=batch_size, on_step=True,
+                 on_epoch=False)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        """Eq. (1) for one batch; returns None (no backward, no optimizer step) if the loss is NaN/Inf."""
+        self._maybe_inject_failure()
+        # the forward pass updates BatchNorm running statistics: keep a copy to undo a NaN batch's update
+        buffers = list(self.net.buffers())
+        saved_buffers = [b.detach().clone() for b in buffers]
         method, labels = self.cfg.method, batch["label"]
         logits = self.net(self._inputs(batch))
         probs = {m: out.float().softmax(dim=1) for m, out in logits.items()}
@@ -192,6 +233,13 @@ class CromSSModule(L.LightningModule):
         weights = self.weights(probs, labels, alpha, gamma, method.selection)
         selection_ms = 1000.0 * (time.perf_counter() - started)
         loss, terms = self.objective(logits, probs, targets, weights)
+        if not self._all_ranks_finite(loss):
+            # a NaN/Inf loss would poison the weights (and Adam's moments) for good: skip this step
+            self._skip_step(loss, labels.shape[0])
+            with torch.no_grad():
+                for buffer, saved in zip(buffers, saved_buffers):
+                    buffer.copy_(saved)
+            return None
         self._log_train(loss, terms, alpha, gamma, selection_ms, weights, labels)
         return loss
 
@@ -282,6 +330,8 @@ class CromSSModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._plateau is not None:
             checkpoint["cromss_plateau_scheduler"] = self._plateau.state_dict()
+        checkpoint["cromss_skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._plateau_state = checkpoint.get("cromss_plateau_scheduler")
+        self.skipped_steps = int(checkpoint.get("cromss_skipped_steps", 0))

@@ -7,6 +7,7 @@ Run folder ``<output_dir>/<name>/``::
     tensorboard/         TensorBoard events (``tensorboard --logdir <run>/tensorboard``)
     checkpoints/last.ckpt  written at the end of every epoch (resume from here)
     checkpoints/best.ckpt  lowest validation loss so far
+    checkpoints/epoch=N.ckpt  every k epochs with trainer.checkpoint_every_n_epochs = k (N 0-based)
     summary.json         final metrics, incl. the noise-detection ROC-AUC per modality
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cromss.config import dump_config, read_yaml, to_dict
-from cromss.errors import ConfigError
+from cromss.errors import ConfigError, CromssError
 from cromss.training.config import PretrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -146,14 +147,33 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     return _fit(cfg, resume, run_dir, last, previous_rows)
 
 
+#: Messages of torch.distributed / gloo / NCCL when a peer process died in a collective.
+_PEER_FAILURE_HINTS = ("Connection closed by peer", "remote worker crashing", "Connection reset by peer",
+                       "NCCL communicator was aborted", "Broken pipe")
+
+
+def _peer_failed(err: BaseException) -> bool:
+    """True if ``err`` says that another rank died (not that this rank failed by itself)."""
+    import torch.distributed as dist
+
+    text = str(err)
+    if isinstance(err, getattr(dist, "DistBackendError", ())):
+        return True
+    return any(hint in text for hint in _PEER_FAILURE_HINTS)
+
+
 def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
          previous_rows: list[dict[str, str]]) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from cromss.checkpoints import AtomicCheckpointIO, safe_torch_load
     from cromss.data import CromSSDataModule
     from cromss.training.module import CromSSModule
+
+    class EpochCheckpoint(ModelCheckpoint):
+        """Keeps epoch=N.ckpt every k epochs (own class: its callback state key differs from last.ckpt's)."""
 
     checkpoint_dir = last.parent
 
@@ -172,6 +192,12 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
         save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpoint, every_epoch]
+    if cfg.trainer.checkpoint_every_n_epochs:
+        callbacks.append(EpochCheckpoint(
+            dirpath=checkpoint_dir, filename="epoch={epoch}", monitor=None, save_top_k=-1,
+            every_n_epochs=cfg.trainer.checkpoint_every_n_epochs, save_on_train_epoch_end=True,
+            auto_insert_metric_name=False, enable_version_counter=False,
+        ))
     if cfg.trainer.progress_bar:
         callbacks.append(RichProgressBar())
     loggers = [
@@ -186,19 +212,30 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
         check_val_every_n_epoch=t.check_val_every_n_epoch, num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val,
         enable_progress_bar=t.progress_bar, callbacks=callbacks, logger=loggers,
+        # <file>.tmp + fsync + rename: a kill -9 mid-save leaves the previous last.ckpt intact;
+        # reads are weights-only (a checkpoint that pickles code is refused, never executed)
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()
     start_epoch = 0
     if resume:
-        import torch
-
-        start_epoch = int(torch.load(last, map_location="cpu", weights_only=True).get("epoch", -1)) + 1
+        start_epoch = int(safe_torch_load(last, what="checkpoint to resume").get("epoch", -1)) + 1
     module.first_epoch = start_epoch
     with warnings.catch_warnings():
         # the run folder already holds config.yaml (and, on resume, our checkpoints): expected here
         warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None,
+                        weights_only=True)
+        except RuntimeError as err:
+            if trainer.world_size > 1 and _peer_failed(err):
+                # the failing rank printed its own error; this one only lost its peer: say so in one line
+                raise CromssError(
+                    f"rank {trainer.global_rank}: another DDP process failed (its error is printed above), "
+                    f"so this rank stopped too ({str(err).splitlines()[0][:200]})"
+                ) from None
+            raise
     summary = {
         "run_dir": str(run_dir),
         "name": cfg.name,
@@ -206,6 +243,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
         "global_step": trainer.global_step,
         "world_size": trainer.world_size,
         "sync_selection": module.sync_selection(),
+        "skipped_steps": module.skipped_steps,  # optimizer steps skipped for a NaN/Inf loss (this rank)
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": checkpoint.best_model_path or None,
         "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
