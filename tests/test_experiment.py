@@ -1,0 +1,195 @@
+"""Tests of cromss.experiments: controlled-noise data, resumable cells, one tiny study end to end."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cromss.config import from_dict
+from cromss.errors import ConfigError
+from cromss.experiments import (
+    DemoDataSpec,
+    ExperimentConfig,
+    noise_tag,
+    run_cell,
+    run_experiment,
+    write_controlled_data,
+)
+
+TINY_DATA = {"locations": 4, "size": 32, "dw_train": 5, "dw_test": 2, "seed": 3}
+
+
+def tiny_experiment(tmp_path, **changes) -> ExperimentConfig:
+    """One CromSS-midF pretraining (1 epoch, 32 px) and one frozen fine-tune seed of its S2 encoder."""
+    data = {
+        "name": "tiny", "layout": "ablation", "output_dir": str(tmp_path / "exp"), "noise_rates": [0.4],
+        "threads": 1, "data": TINY_DATA,
+        "pretrain": {"base": "configs/demo/pretrain-cromss-midf.yaml", "overrides": [
+            "data.crop_size=32", "data.batch_size=2", "data.val_fraction=0.25", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1", "method.rampup_epochs=1", "model.decoder_channels=[16,16,8,8,8]",
+        ]},
+        "finetune": {"base": "configs/demo/finetune-dw.yaml", "overrides": [
+            "epochs=1", "data.batch_size=2", "data.crop_size=32", "encoder=resnet18",
+            "trainer.enable_progress_bar=false", "trainer.limit_train_batches=1",
+        ], "seeds": 1, "modes": ["frozen"], "random": False},
+        "variants": [{"name": "CromSS-midF", "overrides": ["model.fusion=mid"], "transfer": ["s2"]}],
+    }
+    data.update(changes)
+    return from_dict(ExperimentConfig, data)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_repo(monkeypatch):
+    # the experiment configs name base configs relative to the repository root
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_noise_tag():
+    assert noise_tag(0.0) == "noise00"
+    assert noise_tag(0.4) == "noise40"
+    assert noise_tag(0.6) == "noise60"
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"noise_rates": [1.0]}, "noise_rates"),
+    ({"noise_rates": []}, "noise_rates"),
+    ({"variants": []}, "variants"),
+    ({"variants": [{"name": "a"}, {"name": "a"}]}, "variants"),
+    ({"variants": [{"name": "random"}]}, "name"),
+    ({"finetune": {"modes": ["thawed"]}}, "finetune.modes"),
+    ({"data": {"size": 16}}, "data.size"),
+])
+def test_config_errors_name_the_key(tmp_path, change, key):
+    with pytest.raises(ConfigError, match=key):
+        tiny_experiment(tmp_path, **change)
+
+
+def test_unknown_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="noise_rate"):
+        tiny_experiment(tmp_path, noise_rate=0.4)
+
+
+def test_shipped_configs_load_and_share_cells():
+    from cromss.experiments import load_experiment_config, pretrain_config
+
+    studies = {name: load_experiment_config(f"configs/experiments/{name}-demo.yaml")
+               for name in ("ablation", "smoothing", "noise-sweep")}
+    # CromSS-midF at 40 % noise must be the same cell (same resolved config) in all three studies
+    configs = []
+    for exp in studies.values():
+        variant = next(v for v in exp.variants if v.name == "CromSS-midF")
+        configs.append(pretrain_config(exp, variant, 0.4))
+    assert configs[0] == configs[1] == configs[2]
+    assert configs[0].method.selection and configs[0].model.fusion == "mid"
+    assert (configs[0].method.mu, configs[0].method.beta) == (0.15, 0.05)
+    smoothing = {(pretrain_config(studies["smoothing"], v, 0.4).method.effective_mu,
+                  pretrain_config(studies["smoothing"], v, 0.4).method.effective_beta)
+                 for v in studies["smoothing"].variants}
+    assert smoothing == {(0.0, 0.0), (0.0, 0.2), (0.2, 0.0), (0.15, 0.05)}
+    assert studies["noise-sweep"].noise_rates == [0.0, 0.2, 0.4, 0.6]
+
+
+def test_run_cell_skips_finished_and_takes_over_stale_lock(tmp_path):
+    cell = tmp_path / "cell"
+    calls = []
+
+    def work():
+        calls.append(1)
+        cell.mkdir(exist_ok=True)
+        (cell / "done.json").write_text("{}")
+
+    # a lock left by a process that no longer exists must not block the cell
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "cell.lock").write_text(str(dead.pid))
+    assert run_cell(cell, cell / "done.json", {"a": 1}, work, log=lambda _: None) == "ran"
+    assert run_cell(cell, cell / "done.json", {"a": 1}, work, log=lambda _: None) == "skipped"
+    assert calls == [1]
+    assert not (tmp_path / "cell.lock").exists()
+    with pytest.raises(ConfigError, match="another config"):
+        run_cell(cell, cell / "done.json", {"a": 2}, work, log=lambda _: None)
+
+
+def test_controlled_data_changes_only_the_noise(tmp_path):
+    from cromss.data import DataConfig, build_dataset
+
+    spec = DemoDataSpec(**TINY_DATA)
+    samples = {}
+    for rate in (0.0, 0.4):
+        out = write_controlled_data(tmp_path, spec, rate)
+        info = json.loads((out / "info.json").read_text())
+        cfg = DataConfig(kind="nol", root=str(out), format="lmdb", crop_size=None, val_fraction=0.25)
+        samples[rate] = [build_dataset(cfg, "train", train=False)[i] for i in range(3)]
+        measured = np.mean([(s["label"] != s["label_true"]).float().mean().item() for s in samples[rate]])
+        assert abs(info["noise_rate_measured"] - rate) < 0.12
+        if rate == 0.0:
+            assert measured == 0.0
+        else:
+            assert measured > 0.2
+    for clean, noisy in zip(samples[0.0], samples[0.4]):
+        assert clean["id"] == noisy["id"]
+        assert torch.equal(clean["s2"], noisy["s2"]) and torch.equal(clean["s1"], noisy["s1"])
+        assert torch.equal(clean["label_true"], noisy["label_true"])
+    assert sorted(p.name for p in (tmp_path / "dw" / "train" / "label").iterdir()) != []
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
+    torch.manual_seed(0)
+    exp = tiny_experiment(tmp_path)
+    result = run_experiment(exp, log=lambda _: None)
+    assert result["cells"] == {"ran": 3, "skipped": 0}  # data, pretrain, one fine-tune seed
+    root = tmp_path / "exp"
+    noise = json.loads((root / "pretrain" / "noise40" / "CromSS-midF" / "noise_detection.json").read_text())
+    info = json.loads((root / "data" / "noise40" / "info.json").read_text())
+    # every pixel of every location and season is measured; its noise rate is the data's
+    assert noise["pixels"] == 4 * 4 * 32 * 32
+    assert noise["noise_rate"] == pytest.approx(info["noise_rate_measured"], abs=1e-9)
+    for modality in ("s1", "s2"):
+        assert 0.0 <= noise["modalities"][modality]["auc"] <= 1.0
+        assert noise["noise_rate"] * 0.5 < noise["modalities"][modality]["ap"] <= 1.0
+
+    # the table files exist and parse
+    with open(root / "tiny.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][:3] == ["Inputs", "Weights", "Frozen OA"] and rows[0][-2:] == ["AUC(1−W_l)", "AP(1−W_l)"]
+    assert rows[1][:2] == ["S2", "CromSS-midF"]
+    oa = float(rows[1][2].split("±")[0])
+    assert 0.0 <= oa <= 100.0
+    assert float(rows[1][-2]) == pytest.approx(noise["modalities"]["s2"]["auc"], abs=5e-4)
+    table = json.loads((root / "tiny.json").read_text())
+    assert table["config"]["finetune"]["seeds"] == 1 and table["rows"][0]["frozen"]["seeds"] == [0]
+    assert (root / "tiny.md").read_text().startswith("| Inputs | Weights |")
+
+    # a second run skips every finished cell
+    again = run_experiment(exp, log=lambda _: None)
+    assert again["cells"] == {"ran": 0, "skipped": 3}
+
+    # the CLI writes the table from finished cells
+    from cromss.cli import experiment
+
+    parser = argparse.ArgumentParser()
+    experiment.register(parser.add_subparsers())
+    config = tmp_path / "tiny.yaml"
+    import yaml
+
+    from cromss.config import to_dict
+    config.write_text(yaml.safe_dump(to_dict(exp)))
+    args = parser.parse_args(["experiment", "ablation", "--config", str(config), "--table-only"])
+    assert args.func(args) == 0
+    assert "CromSS-midF" in capsys.readouterr().out
+
+
+def test_record_differences_tolerates_new_keys_at_none_only():
+    from cromss.experiments import record_differences
+
+    assert record_differences({"t": {"x": 1}}, {"t": {"x": 1, "added": None}}) == []
+    assert record_differences({"t": {"x": 1}}, {"t": {"x": 2, "added": 3}}) == ["t.x", "t.added"]
+    assert record_differences({"a": [1, 2]}, {"a": [1, 3]}) == ["a"]
