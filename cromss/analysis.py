@@ -492,11 +492,16 @@ def mask_panels(net: torch.nn.Module, batch: Mapping[str, Any], out_dir: str | P
         if image is not None:
             fig.colorbar(image, cax=fig.add_axes((0.94, 0.25, 0.012, 0.55)))
         _legend(fig, classes)
-        path = out_dir / f"masks_{i:02d}_{re.sub(r'[^A-Za-z0-9._-]', '_', sample_id)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_panel(plt, fig, out_dir, "masks", i, sample_id))
     return written
+
+
+def _save_panel(plt: Any, fig: Any, out_dir: Path, prefix: str, index: int, sample_id: str) -> Path:
+    """Save one per-sample figure as ``<prefix>_<index>_<safe id>.png`` and close it."""
+    path = out_dir / f"{prefix}_{index:02d}_{re.sub(r'[^A-Za-z0-9._-]', '_', sample_id)}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 @torch.no_grad()
@@ -538,10 +543,7 @@ def map_panels(nets: Mapping[str, torch.nn.Module], batch: Mapping[str, Any], ou
         fig.suptitle(sample_id, fontsize=9)
         fig.subplots_adjust(left=0.02, right=0.98, top=0.8, bottom=0.2, wspace=0.05)
         _legend(fig, classes)
-        path = out_dir / f"maps_{i:02d}_{re.sub(r'[^A-Za-z0-9._-]', '_', sample_id)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_panel(plt, fig, out_dir, "maps", i, sample_id))
     return written
 
 
