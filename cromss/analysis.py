@@ -244,20 +244,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], int | No
         except Exception as err:  # noqa: BLE001 - any parse failure is a bad file for the user
             raise CheckpointError(f"cannot read {path} as safetensors: {err}") from None
     else:
-        import argparse
+        from cromss.checkpoints import safe_torch_load
 
-        allowed: list[Any] = [argparse.Namespace]  # official CromSS checkpoints pickle one
-        try:
-            from lightning.fabric.utilities.data import AttributeDict
-
-            allowed.append(AttributeDict)
-        except ImportError:  # pragma: no cover - lightning is a dependency
-            pass
-        try:
-            with torch.serialization.safe_globals(allowed):
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {err}") from None
+        raw = safe_torch_load(path)
         if isinstance(raw, dict) and isinstance(raw.get("epoch"), int):
             epoch = int(raw["epoch"])
         if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
@@ -547,6 +536,16 @@ def map_panels(nets: Mapping[str, torch.nn.Module], batch: Mapping[str, Any], ou
     return written
 
 
+def _save_figure(plt: Any, fig: Any, out: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_bn_kl(curves: Mapping[str, Sequence[Mapping[str, float]]], out: str | Path,
                window: int = 1) -> Path:
     """Fig. 8c, d: BN-KL vs epoch, encoder and decoder side by side; one line per compared pair.
@@ -568,12 +567,7 @@ def plot_bn_kl(curves: Mapping[str, Sequence[Mapping[str, float]]], out: str | P
         ax.set_ylabel("KL divergence")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_figure(plt, fig, out)
 
 
 def plot_weight_kl(results: Mapping[str, Mapping[str, Mapping[str, float]]], out: str | Path) -> Path:
@@ -590,12 +584,7 @@ def plot_weight_kl(results: Mapping[str, Mapping[str, Mapping[str, float]]], out
     ax.set_ylabel("-1 / log(KL)")
     ax.set_title("weights before vs after fine-tuning")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_figure(plt, fig, out)
 
 
 def pca_curves(encoder: torch.nn.Module, images: torch.Tensor, pixels_per_image: int = 0,
@@ -624,12 +613,7 @@ def plot_pca(curves: Mapping[str, Sequence[np.ndarray]], out: str | Path, title:
     axes[0, 0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_figure(plt, fig, out)
 
 
 def load_encoder(source: str | Path, modality: str = "s2") -> torch.nn.Module:

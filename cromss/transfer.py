@@ -674,14 +674,10 @@ def write_table(patterns: list[str], out_prefix: str | Path | None = None) -> st
 
 # ----------------------------------------------------------------------------- evaluate a run
 def _read_checkpoint(path: Path) -> Any:
-    """torch.load with weights_only=True, allowing only Lightning's AttributeDict besides tensors."""
-    from lightning.fabric.utilities.data import AttributeDict
+    """A fine-tuning checkpoint, read weights-only (:func:`cromss.checkpoints.safe_torch_load`)."""
+    from cromss.checkpoints import safe_torch_load
 
-    try:
-        with torch.serialization.safe_globals([AttributeDict]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"cannot read {path} as a fine-tuning checkpoint: {err}") from None
+    return safe_torch_load(path, what="fine-tuning checkpoint")
 
 
 def load_run(run_or_ckpt: str | Path) -> tuple[Any, FinetuneConfig, Path]:

@@ -11,20 +11,19 @@
   :func:`load_cromss_net` rebuilds a whole pretraining network (ours or the official one).
 
 Pickles are never trusted: ``.ckpt``/``.pth`` files are read with ``torch.load(weights_only=True)``
-and the only extra class allowed is ``argparse.Namespace`` (stored by the official checkpoints).
+with the allow-list of :func:`cromss.checkpoints.trusted_globals` (``argparse.Namespace``, stored by
+the official checkpoints, and Lightning's ``AttributeDict``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from cromss import __version__
@@ -70,23 +69,10 @@ _BLOCK_CONV1 = re.compile(r"layer\d+\.\d+\.$")
 
 # ============================================================================ reading files
 def _safe_torch_load(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True``; only ``argparse.Namespace`` is allowed on top."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        match = re.search(r"GLOBAL (\S+)", str(err))
-        if match is None:  # not a disallowed class: the bytes are simply not a checkpoint
-            raise CheckpointError(
-                f"cannot read {path} as a PyTorch checkpoint (corrupt or another format)"
-            ) from None
-        raise CheckpointError(
-            f"refused to load {path}: it pickles the Python object {match.group(1)}, which is outside the "
-            "safe allow-list (tensors, plain containers, argparse.Namespace). cromss never un-pickles code; "
-            "if you trust the file, re-save only its state_dict (torch.save(ckpt['state_dict'], 'clean.pt'))."
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {err}") from None
+    """``torch.load`` with ``weights_only=True`` and cromss's allow-list (:mod:`cromss.checkpoints`)."""
+    from cromss.checkpoints import safe_torch_load
+
+    return safe_torch_load(path, what="weights file")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Tensor]:
