@@ -211,6 +211,10 @@ def test_kill_9_then_resume_equals_uninterrupted_run(demo_root, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight = _run_cli(paths["straight"])
     assert straight.returncode == 0, straight.stderr[-3000:]
+    # the CLI keeps third-party noise that is not about the run off the console
+    console = straight.stdout + straight.stderr
+    assert "litlogger" not in console and "LeafSpec" not in console
+    assert "run folder:" in console
 
     a = json.loads((tmp_path / "straight" / "tiny" / "summary.json").read_text())
     b = json.loads((tmp_path / "killed" / "tiny" / "summary.json").read_text())

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 
 from cromss import __version__
 from cromss.errors import CromssError
@@ -39,7 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropAdvert(logging.Filter):
+    """Drops Lightning's cloud-logging advert from the console (it is not about the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_third_party_noise() -> None:
+    """Silence messages that are not about the user's run: torch's LeafSpec deprecation (raised inside
+    Lightning, not fixable here) and Lightning's LitLogger tip. Only the CLI calls this; library users
+    keep their own warning settings."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdvert) for f in logger.filters):
+            logger.addFilter(_DropAdvert())
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party_noise()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
