@@ -1,10 +1,10 @@
-# The two commands of the README. Everything else is `cromss --help`.
+# The two commands of the README (plus `make evidence`, docs/results.md). Everything else is `cromss --help`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: demo test
+.PHONY: demo test evidence
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,3 +21,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check cromss tests benchmarks
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
+
+# docs/results.md: Tables V, VI and the noise sweep on controlled-noise demo data (the run in docs/results.md took 41 min on 2 idle cores;
+# finished cells are skipped, so it resumes). Tables land in runs/experiments/demo/*.md.
+evidence: $(VENV)/.installed
+	$(BIN)/cromss experiment ablation --workers 2
+	$(BIN)/cromss experiment smoothing --workers 2
+	$(BIN)/cromss experiment noise-sweep --workers 2

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -50,7 +51,7 @@ LAYOUTS: tuple[str, ...] = ("ablation", "smoothing", "noise_sweep")
 CELL_FILE = "cell.json"
 NOISE_FILE = "noise_detection.json"
 #: Seconds between checks while another process holds a cell's lock.
-LOCK_POLL_S = 10.0
+LOCK_POLL_S = 2.0
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -688,10 +689,15 @@ def write_study_table(exp: ExperimentConfig, rows: list[Row] | None = None) -> d
     root = Path(exp.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     files = [root / f"{exp.name}.md", root / f"{exp.name}.csv", root / f"{exp.name}.json"]
-    files[0].write_text(markdown)
-    with files[1].open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(table_rows)
-    files[2].write_text(json.dumps({"config": to_dict(exp), "rows": records}, indent=2, default=str) + "\n")
+    # several worker processes of one study may write the table at once: replace, never truncate
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(table_rows)
+    texts = [markdown, buffer.getvalue(),
+             json.dumps({"config": to_dict(exp), "rows": records}, indent=2, default=str) + "\n"]
+    for path, text in zip(files, texts, strict=True):
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(text, newline="")
+        os.replace(partial, path)
     return {"table": markdown, "files": [str(f) for f in files]}

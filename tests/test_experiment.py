@@ -193,3 +193,33 @@ def test_record_differences_tolerates_new_keys_at_none_only():
     assert record_differences({"t": {"x": 1}}, {"t": {"x": 1, "added": None}}) == []
     assert record_differences({"t": {"x": 1}}, {"t": {"x": 2, "added": 3}}) == ["t.x", "t.added"]
     assert record_differences({"a": [1, 2]}, {"a": [1, 3]}) == ["a"]
+
+
+def test_workers_run_each_cell_once(tmp_path, capfd):
+    """--workers 2: two processes share one cell store; every cell runs exactly once, the table is whole."""
+    import re
+
+    import yaml
+
+    from cromss.cli import experiment
+    from cromss.config import to_dict
+
+    exp = tiny_experiment(tmp_path)
+    exp.finetune.seeds = 2
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(to_dict(exp)))
+    parser = argparse.ArgumentParser()
+    experiment.register(parser.add_subparsers())
+    args = parser.parse_args(["experiment", "ablation", "--config", str(config), "--workers", "2"])
+    assert args.func(args) == 0
+    out = capfd.readouterr().out
+    ran = [int(n) for n in re.findall(r"cells: (\d+) run", out)]
+    assert len(ran) == 2  # both workers finished
+    assert sum(ran) == 4  # data, pretrain and two fine-tune seeds, each by one worker only
+    assert "2 thread(s)" not in out and "1 thread(s)" in out  # threads=1 of the config wins
+    table = json.loads((tmp_path / "exp" / "tiny.json").read_text())
+    assert table["rows"][0]["frozen"]["seeds"] == [0, 1]
+    assert not list((tmp_path / "exp").glob(".*.tmp"))
+
+    bad = parser.parse_args(["experiment", "ablation", "--config", str(config), "--workers", "0"])
+    assert bad.func(bad) == 2

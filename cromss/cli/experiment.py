@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 STUDIES: dict[str, tuple[str, str, str]] = {
     # subcommand: (default config, one-line help, what the study is)
@@ -29,7 +32,8 @@ COMMON = """
 Every pretraining and every fine-tuning seed is a cell with its own folder under output_dir; finished
 cells are skipped, so re-running the command resumes an interrupted study, and the three studies reuse
 each other's cells when they share output_dir (the defaults do). Several processes may run on one
-output_dir at once (cells are locked). For each pretraining the ROC-AUC and average precision of
+output_dir at once (cells are locked): --workers N starts N such processes and splits the CPU threads
+between them. For each pretraining the ROC-AUC and average precision of
 1 - W_l for flagging the truly mislabelled pixels are measured (noise_detection.json; for variants
 without selection W_l is computed from the final network for the measurement only, marked *).
 
@@ -46,6 +50,7 @@ def _help(study: str) -> tuple[str, str]:
         "examples:\n"
         f"  cromss experiment {study}                                   # {config}\n"
         f"  cromss experiment {study} --dry-run                         # list the cells\n"
+        f"  cromss experiment {study} --workers 2                       # two processes, one thread each on 2 cores\n"
         f"  cromss experiment {study} output_dir=runs/exp2 finetune.seeds=5 threads=2\n"
         f"  cromss experiment {study} --config my-study.yaml --table-only"
     )
@@ -69,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--dry-run", action="store_true", help="list the cells and exit without training")
         sub.add_argument("--table-only", action="store_true",
                          help="only (re)write the table from the finished cells, train nothing")
+        sub.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="run N processes on the same cell store (default 1); each gets "
+                         "threads=cpu_count//N unless threads= is given")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                          help="dotted overrides of the experiment config, e.g. output_dir=runs/x "
                          "finetune.seeds=3 'noise_rates=[0.2]' threads=1")
@@ -81,7 +89,17 @@ def run_study(args: argparse.Namespace) -> int:
     from cromss.experiments import load_experiment_config, run_experiment, write_study_table
 
     exp = load_experiment_config(args.config, args.overrides)
-    if args.table_only:
+    if args.workers < 1:
+        print(f"error: --workers {args.workers}: must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not (args.table_only or args.dry_run):
+        failed = run_workers(args, exp.threads)
+        if failed:
+            print(f"error: {failed} of {args.workers} worker processes failed (see their output above)",
+                  file=sys.stderr)
+            return 1
+        result = write_study_table(exp)
+    elif args.table_only:
         result = write_study_table(exp)
     else:
         result = run_experiment(exp, dry_run=args.dry_run)
@@ -89,3 +107,26 @@ def run_study(args: argparse.Namespace) -> int:
     for path in result.get("files", []):
         print(f"wrote {path}")
     return 0
+
+
+def run_workers(args: argparse.Namespace, threads: int | None) -> int:
+    """Run ``args.workers`` copies of this study as subprocesses on one cell store; returns how many failed.
+
+    The cell locks of :func:`cromss.experiments.run_cell` keep the processes from running a cell twice:
+    each takes the next free cell and defers the ones another process holds.
+    """
+    per_worker = threads or max(1, (os.cpu_count() or 1) // args.workers)
+    command = [sys.executable, "-m", "cromss", "experiment", args.study, "--config", args.config,
+               *args.overrides, f"threads={per_worker}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(per_worker))
+    processes = []
+    for index in range(args.workers):
+        processes.append(subprocess.Popen(command, env=env))
+        print(f"worker {index + 1}/{args.workers}: pid {processes[-1].pid}, {per_worker} thread(s)", flush=True)
+    try:
+        codes = [process.wait() for process in processes]
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()
+        raise
+    return sum(code != 0 for code in codes)
