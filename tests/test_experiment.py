@@ -221,5 +221,7 @@ def test_workers_run_each_cell_once(tmp_path, capfd):
     assert table["rows"][0]["frozen"]["seeds"] == [0, 1]
     assert not list((tmp_path / "exp").glob(".*.tmp"))
 
-    bad = parser.parse_args(["experiment", "ablation", "--config", str(config), "--workers", "0"])
-    assert bad.func(bad) == 2
+    from cromss.cli import main
+
+    assert main(["experiment", "ablation", "--config", str(config), "--workers", "0"]) == 2
+    assert "cromss: error: --workers 0: must be >= 1" in capfd.readouterr().err

@@ -86,12 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_study(args: argparse.Namespace) -> int:
     """Load the experiment config and run (or list, or tabulate) its cells."""
+    from cromss.errors import ConfigError
     from cromss.experiments import load_experiment_config, run_experiment, write_study_table
 
-    exp = load_experiment_config(args.config, args.overrides)
     if args.workers < 1:
-        print(f"error: --workers {args.workers}: must be >= 1", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--workers {args.workers}: must be >= 1")
+    exp = load_experiment_config(args.config, args.overrides)
     if args.workers > 1 and not (args.table_only or args.dry_run):
         failed = run_workers(args, exp.threads)
         if failed:
