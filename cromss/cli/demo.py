@@ -85,10 +85,15 @@ def run_demo(args: argparse.Namespace) -> int:
     from cromss.transfer import load_finetune_config
 
     ft_cfg = load_finetune_config(ft_cfg_path, [f"data.root={data_dir / 'dw'}"])
-    table = run_comparison(ft_cfg, {"random": "random", "CromSS-midF": str(run_dir)}, modality="s2",
-                           seeds=args.seeds, out_dir=out / "finetune")
-    print(table)
-    print(f"transfer took {time.perf_counter() - t0:.0f} s")
+    done_table = out / "finetune" / ft_cfg.name / "table.md"
+    if done_table.is_file():  # written last, after every seed of every row
+        print(f"exists: {done_table}")
+        print(done_table.read_text(), end="")
+    else:
+        table = run_comparison(ft_cfg, {"random": "random", "CromSS-midF": str(run_dir)}, modality="s2",
+                               seeds=args.seeds, out_dir=out / "finetune")
+        print(table)
+        print(f"transfer took {time.perf_counter() - t0:.0f} s")
 
     t0 = _step("4/6 selection-mask panels (Fig. 11)")
     from cromss.cli import main as cromss_main
