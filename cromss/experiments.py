@@ -37,6 +37,7 @@ import io
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -304,15 +305,11 @@ def write_controlled_data(root: Path, spec: DemoDataSpec, noise_rate: float) -> 
         locations.append(demo.Location(f"{int(sample):07d}", truth, noisy, s1, s2))
     nol = out / "nol"
     if nol.exists():
-        import shutil
-
         shutil.rmtree(nol)
     demo.write_nol(locations, nol, ("lmdb",), np.random.default_rng([spec.seed, 4]))
     dw = root / "dw"
     if not (dw / "done").is_file():
         if dw.exists():
-            import shutil
-
             shutil.rmtree(dw)
         demo.write_dw_tiles(np.random.default_rng([spec.seed, 5]), dw, {"train": spec.dw_train, "test": spec.dw_test},
                             spec.dw_size or spec.size, 300000)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cromss.checkpoints import safe_torch_load
 from cromss.config import dump_config, from_dict, load_config, to_dict
 from cromss.data import DataConfig
 from cromss.errors import CheckpointError, ConfigError, DataError
@@ -488,7 +489,7 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
     if not trainer.is_global_zero:  # multi-device: rank 0 alone tests and writes the results
         return None
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
-    state = _read_checkpoint(Path(best_path))
+    state = safe_torch_load(Path(best_path), what="fine-tuning checkpoint")
     module.load_state_dict(state["state_dict"])
     datamodule.setup("test")
     test = evaluate_model(
@@ -673,13 +674,6 @@ def write_table(patterns: list[str], out_prefix: str | Path | None = None) -> st
 
 
 # ----------------------------------------------------------------------------- evaluate a run
-def _read_checkpoint(path: Path) -> Any:
-    """A fine-tuning checkpoint, read weights-only (:func:`cromss.checkpoints.safe_torch_load`)."""
-    from cromss.checkpoints import safe_torch_load
-
-    return safe_torch_load(path, what="fine-tuning checkpoint")
-
-
 def load_run(run_or_ckpt: str | Path) -> tuple[Any, FinetuneConfig, Path]:
     """FinetuneModule, config and checkpoint path of a run folder (best.ckpt) or a checkpoint file."""
     path = Path(run_or_ckpt)
@@ -692,7 +686,7 @@ def load_run(run_or_ckpt: str | Path) -> tuple[Any, FinetuneConfig, Path]:
             raise CheckpointError(f"{run_or_ckpt} holds no checkpoints/best.ckpt or checkpoints/last.ckpt")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    state = _read_checkpoint(path)
+    state = safe_torch_load(path, what="fine-tuning checkpoint")
     config = (state.get("hyper_parameters") or {}).get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a cromss fine-tuning checkpoint (no hyper_parameters.config)")

@@ -27,6 +27,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from cromss import __version__
+from cromss.checkpoints import safe_torch_load
 from cromss.errors import CheckpointError, ConfigError
 from cromss.schema import CLASS_TABLES, DW_CLASSES, S1_MEAN, S1_STD, S2_BANDS, S2_MEAN, S2_STD, modality_bands
 
@@ -68,13 +69,6 @@ _BLOCK_CONV1 = re.compile(r"layer\d+\.\d+\.$")
 
 
 # ============================================================================ reading files
-def _safe_torch_load(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` and cromss's allow-list (:mod:`cromss.checkpoints`)."""
-    from cromss.checkpoints import safe_torch_load
-
-    return safe_torch_load(path, what="weights file")
-
-
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Tensor]:
     """Nested dicts → flat ``{'a.b.c': tensor}`` (non-tensor leaves are skipped)."""
     flat: dict[str, Tensor] = {}
@@ -180,7 +174,7 @@ def _read_source(source: str | Path) -> tuple[dict[str, Tensor], Any, dict[str, 
     path = Path(source)
     if path.is_dir():
         ckpt = find_run_checkpoint(path)
-        obj = _safe_torch_load(ckpt)
+        obj = safe_torch_load(ckpt, what="weights file")
         hyper = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
         flat = (
             _flatten(obj["state_dict"]) if isinstance(obj, Mapping) and "state_dict" in obj else _flatten(obj)
@@ -191,7 +185,7 @@ def _read_source(source: str | Path) -> tuple[dict[str, Tensor], Any, dict[str, 
     if path.suffix == ".safetensors":
         tensors, meta = read_export(path)
         return tensors, meta, (meta or {}).get("pretraining_config"), path
-    obj = _safe_torch_load(path)
+    obj = safe_torch_load(path, what="weights file")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         hyper = obj.get("hyper_parameters")
         return _flatten(obj["state_dict"]), hyper, _read_run_config(None, hyper), path
