@@ -239,6 +239,17 @@ def test_fetch_verify_unpack_inspect_then_finetune_by_name(hub: Hub, dw_zip: byt
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
     for key, value in s2_encoder.items():  # frozen: the published S2 encoder, bit for bit
         assert torch.equal(best[f"model.encoder.{key}"], value), key
+
+    exported = tmp_path / "s2.safetensors"
+    assert main(["export-encoder", "cromss/13b-midf", "--modality", "s2", str(exported)]) == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(exported))
+    assert all(torch.equal(tensors[k], v) for k, v in s2_encoder.items() if k in tensors)
+    assert set(tensors) >= {k for k in s2_encoder if not k.endswith("num_batches_tracked")}
+    assert main(["analyze", "weight-kl", "cromss/13b-midf", str(run), "--out", str(tmp_path / "kl")]) == 0
+    kl = json.loads((tmp_path / "kl" / "weight_kl.json").read_text())
+    assert next(iter(kl.values()))["encoder"]["kl"] == pytest.approx(0.0, abs=1e-12)  # frozen encoder
     assert sum(1 for m, _, _ in hub.log if m == "GET") == gets_before
 
 

@@ -220,7 +220,12 @@ def unpack(art: Artefact, archive: Path, dest: Path, record: dict[str, Any]) -> 
         old = work / "previous"
         if final.exists():
             final.rename(old)
-        layout.rename(final)
+        try:
+            layout.rename(final)
+        except OSError:
+            if old.exists():
+                old.rename(final)  # keep the previous layout rather than nothing
+            raise
     except OSError as err:
         reason = "no space left on device" if err.errno == errno.ENOSPC else str(err)
         raise FetchError(f"{art.name}: unpacking {archive.name} into {final} failed ({reason}); "
