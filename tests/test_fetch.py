@@ -371,6 +371,22 @@ def test_nol_labels_become_the_dw_labels_tree(hub: Hub, tmp_path: Path, capsys) 
     assert _count_label_files(root / "dw_labels") == {"0000042": 4, "0103711": 4, "0200000": 3}
 
 
+def test_refetch_reuses_cache_and_layout_and_unknown_revision_fails(hub: Hub, dw_zip: bytes, tmp_path: Path,
+                                                                   capsys) -> None:
+    hub.add("ssl4eo_s12_dw.zip", dw_zip)
+    dest = tmp_path / "data"
+    assert main(["fetch", "noldo-s12/dw", "--dest", str(dest)]) == 0
+    marker = dest / "ssl4eo_s12_dw" / "train" / "label"
+    inode = marker.stat().st_ino
+    log_size = len(hub.log)
+    assert main(["fetch", "noldo-s12/dw", "--dest", str(dest)]) == 0  # pinned commit cached: no request
+    assert len(hub.log) == log_size and marker.stat().st_ino == inode  # the checked layout was kept
+    capsys.readouterr()
+    assert main(["fetch", "noldo-s12/osm", "--revision", "v9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "noldo-s12/osm" in err and "@v9 not found" in err
+
+
 def test_unknown_names_list_the_known_ones(capsys) -> None:
     assert main(["fetch", "cromss/13b-mid"]) == 2
     err = capsys.readouterr().err.strip()

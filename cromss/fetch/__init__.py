@@ -53,7 +53,7 @@ def fetch(name: str, dest: str | Path | None = None, revision: str | None = None
     from cromss.fetch.unpack import unpack
 
     record = read_manifest().get(art.name, {})
-    layout, summary = unpack(art, Path(fetched.path), Path(dest or DEFAULT_DEST), record)
+    layout, summary = unpack(art, Path(fetched.path), Path(dest or DEFAULT_DEST).absolute(), record)
     return FetchResult(art, fetched, layout, summary)
 
 

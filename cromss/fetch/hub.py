@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -268,12 +269,16 @@ def fetch_file(art: Artefact, revision: str | None = None, local_only: bool | No
     sha = _verify(art, path, hub_etag, recorded_sha, commit)
     fetched = Fetched(art.name, str(path), art.repo_id, art.filename, requested, commit, sha,
                       path.stat().st_size, endpoint, downloaded)
-    manifest = read_manifest()
-    manifest[art.name] = _record(fetched)
-    try:
-        write_json_atomic(manifest_path(), manifest)
-    except OSError as err:
-        raise FetchError(f"{art.name}: cannot write the fetch record {manifest_path()}: {err}") from None
+    same = recorded and all(recorded.get(k) == v for k, v in
+                            (("commit", commit), ("sha256", sha), ("path", str(path)), ("endpoint", endpoint)))
+    if not same:  # a lookup of an unchanged file writes nothing (read-only shared caches work)
+        manifest = read_manifest()
+        manifest[art.name] = _record(fetched)
+        try:
+            write_json_atomic(manifest_path(), manifest)
+        except OSError as err:
+            warnings.warn(f"{art.name}: verified, but the fetch record {manifest_path()} cannot be written "
+                          f"({err}); the commit is not pinned for later fetches", stacklevel=2)
     return fetched
 
 
