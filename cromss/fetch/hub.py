@@ -51,7 +51,6 @@ class Fetched:
     sha256: str
     size: int
     endpoint: str
-    downloaded: bool
 
 
 # ----------------------------------------------------------------------------- environment
@@ -115,7 +114,6 @@ def _record(fetched: Fetched) -> dict[str, Any]:
     from cromss import __version__
 
     record = asdict(fetched)
-    record.pop("downloaded")
     record["fetched_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     record["cromss_version"] = __version__
     record["huggingface_hub_version"] = hub_version
@@ -262,13 +260,12 @@ def fetch_file(art: Artefact, revision: str | None = None, local_only: bool | No
 
     commit = commit or _commit_of(path)
     blob = Path(os.path.realpath(path))
-    downloaded = not (recorded and recorded.get("sha256") and recorded.get("commit") == commit)
     recorded_sha = recorded.get("sha256") if recorded and recorded.get("commit") == commit else None
     if hub_etag is None and not recorded_sha and _SHA256.fullmatch(blob.name):
         hub_etag = blob.name  # offline: the cache names LFS blobs by the hub's sha256
     sha = _verify(art, path, hub_etag, recorded_sha, commit)
     fetched = Fetched(art.name, str(path), art.repo_id, art.filename, requested, commit, sha,
-                      path.stat().st_size, endpoint, downloaded)
+                      path.stat().st_size, endpoint)
     same = recorded and all(recorded.get(k) == v for k, v in
                             (("commit", commit), ("sha256", sha), ("path", str(path)), ("endpoint", endpoint)))
     if not same:  # a lookup of an unchanged file writes nothing (read-only shared caches work)
