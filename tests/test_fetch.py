@@ -136,12 +136,18 @@ def _zip(tree: dict[str, bytes], path: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def dw_zip(tmp_path_factory) -> bytes:
-    """ssl4eo_s12_dw.zip in the authors' folders: dw_train/{image_s1,image_s2,label_dw}/{s1_,s2_,dw_}<n>.tif."""
+def demo_src(tmp_path_factory) -> Path:
     from cromss.data.demo import make_demo
 
     out = tmp_path_factory.mktemp("dwsrc")
     make_demo(out, locations=2, size=64, seed=0, dw_train=6, dw_test=2, layouts=("lmdb",))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dw_zip(demo_src: Path) -> bytes:
+    """ssl4eo_s12_dw.zip in the authors' folders: dw_train/{image_s1,image_s2,label_dw}/{s1_,s2_,dw_}<n>.tif."""
+    out = demo_src
     tree = {}
     folders = {"s1": ("image_s1", "s1_"), "s2": ("image_s2", "s2_"), "label": ("label_dw", "dw_")}
     for split in ("train", "test"):
@@ -336,17 +342,31 @@ def test_full_disk_while_unpacking_leaves_nothing(hub: Hub, dw_zip: bytes, tmp_p
 
     monkeypatch.setattr(unpack, "_copy_member", full_after_three)
     dest = tmp_path / "data"
-    dest.mkdir()
-    (dest / "other").mkdir()  # a neighbour that must survive
+    (dest / "other").mkdir(parents=True)  # a neighbour that must survive
+    old = dest / "ssl4eo_s12_dw"  # an older unpacked release must survive a failed update
+    old.mkdir()
+    (old / "cromss-fetch.json").write_text(json.dumps({"sha256": "0" * 64}))
     assert main(["fetch", "noldo-s12/dw", "--dest", str(dest)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no space left on device" in err and "noldo-s12/dw" in err
-    assert sorted(p.name for p in dest.iterdir()) == ["other"]
+    assert sorted(p.name for p in dest.iterdir()) == ["other", "ssl4eo_s12_dw"]
+    assert [p.name for p in old.iterdir()] == ["cromss-fetch.json"]  # untouched, no half layout in it
 
     monkeypatch.setattr(unpack, "_copy_member", lambda s, t: t.write(s.read()))
     assert main(["fetch", "noldo-s12/dw", "--dest", str(dest)]) == 0  # the verified zip is reused
-    assert (dest / "ssl4eo_s12_dw" / "train" / "label").is_dir()
+    assert (old / "train" / "label").is_dir()
+    assert sorted(p.name for p in dest.iterdir()) == ["other", "ssl4eo_s12_dw"]
     assert sum(1 for m, _, _ in hub.log if m == "GET") == 1
+
+
+def test_osm_archive_in_the_cromss_layout(hub: Hub, demo_src: Path, tmp_path: Path, capsys) -> None:
+    tree = {str(p.relative_to(demo_src / "dw")): p.read_bytes() for p in (demo_src / "dw").rglob("*.tif")}
+    hub.add("ssl4eo_s12_osm.zip", _zip(tree, tmp_path / "osm.zip"))  # DW ids 0..10 are valid OSM ids
+    dest = tmp_path / "data"
+    assert main(["fetch", "noldo-s12/osm", "--dest", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "(osm tiles; train: 6, test: 2; bands s1: 2, s2: 13) - check passed" in out
+    assert "configs/finetune/osm-fpn.yaml" in out and f"root: {dest / 'ssl4eo_s12_osm'}" in out
 
 
 def test_nol_labels_become_the_dw_labels_tree(hub: Hub, tmp_path: Path, capsys) -> None:
