@@ -86,7 +86,9 @@ class ModelConfig:
             )
         if len(set(modalities)) != len(modalities):
             raise ConfigError(f"config key 'model.modalities': duplicate entries in {modalities}")
-        if self.fusion == "single" and len(modalities) != 1:
+        if self.modalities is None:
+            pass  # resolved from the data later (resolve_pretrain_config); the count is checked then
+        elif self.fusion == "single" and len(modalities) != 1:
             raise ConfigError(
                 f"config key 'model.modalities': fusion 'single' needs exactly one modality, "
                 f"got {modalities}"
@@ -185,8 +187,8 @@ class CromSSNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        cfg.validate()
         cfg = cfg.filled()
+        cfg.validate()
         self.cfg = cfg
         self.fusion = cfg.fusion
         self.modalities: tuple[str, ...] = tuple(cfg.modalities)

@@ -193,3 +193,32 @@ def test_pretrain_mid_fusion_on_the_real_chip_reports_noise_auc(chip_root, tmp_p
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     head = [v for k, v in state.items() if k.startswith("net.heads.shared") and k.endswith("weight")][0]
     assert head.shape[0] == 2
+
+
+@pytest.mark.parametrize(("fusion", "modalities"), [("late", ["msi", "sar", "dem"]), ("single", ["msi"])])
+def test_pretrain_any_number_of_modalities_and_timestamps(tmp_path, fusion, modalities):
+    import yaml
+
+    from cromss.cli import main
+
+    bands = {"msi": ["B2", "B3", "B4", "B8"], "sar": ["VV", "VH"], "dem": ["height"]}
+    root = make_synthetic(tmp_path / "d", bands, ["low", "mid", "high"], timestamps=[1, 3, 2, 2, 1, 3])
+    config = {
+        "name": "syn", "output_dir": str(tmp_path / "runs"),
+        "data": {"kind": "generic", "root": str(root), "modalities": modalities, "crop_size": 32,
+                 "batch_size": 2, "val_fraction": 0.34},
+        "model": {"encoder": "resnet18", "fusion": fusion, "decoder_channels": [8, 8, 8, 8, 8]},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "limit_train_batches": 2,
+                    "num_sanity_val_steps": 0, "progress_bar": False, "log_every_n_steps": 1},
+    }
+    path = tmp_path / "syn.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["pretrain", "--config", str(path)]) == 0
+    resolved = yaml.safe_load((tmp_path / "runs" / "syn" / "config.yaml").read_text())
+    assert resolved["model"]["modalities"] == modalities and resolved["model"]["num_classes"] == 3
+    assert resolved["model"]["bands"] == {m: bands[m] for m in modalities}
+    state = torch.load(tmp_path / "runs" / "syn" / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]
+    for modality in modalities:
+        conv = state[f"net.encoders.{modality}.conv1.weight"]
+        assert conv.shape[1] == len(bands[modality])
