@@ -287,6 +287,16 @@ class CromSSNet(nn.Module):
         return unet
 
 
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad ``[B, C, H, W]`` at the bottom/right (reflect) so H and W divide by ``multiple``."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, (height, width)
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode), (height, width)
+
+
 def _round_up(value: int, divisor: int) -> int:
     return -(-value // divisor) * divisor
 

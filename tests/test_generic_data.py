@@ -222,3 +222,23 @@ def test_pretrain_any_number_of_modalities_and_timestamps(tmp_path, fusion, moda
     for modality in modalities:
         conv = state[f"net.encoders.{modality}.conv1.weight"]
         assert conv.shape[1] == len(bands[modality])
+
+
+def test_tiles_not_divisible_by_32_are_padded(tmp_path):
+    from cromss.training.config import PretrainConfig
+    from cromss.training.module import CromSSModule
+
+    root = make_synthetic(tmp_path / "d", {"msi": ["B2", "B3"], "sar": ["VV"]}, ["a", "b"], [1, 1, 1], size=40)
+    cfg = PretrainConfig(data=DataConfig(kind="generic", root=str(root), crop_size=None, augment=False))
+    cfg.model.encoder, cfg.model.decoder_channels = "resnet18", [8, 8, 8, 8, 8]
+    module = CromSSModule(cfg)
+    batch = build_dataset(module.cfg.data, "train", train=False)[0]
+    batch = {k: v[None] if torch.is_tensor(v) else [v] for k, v in batch.items()}
+    logits = module._forward(batch)
+    assert logits["msi"].shape == (1, 2, 40, 40) and logits["sar"].shape == (1, 2, 40, 40)
+    # the valid part equals the network applied to the reflect-padded input, cropped back
+    padded = torch.nn.functional.pad(batch["msi"], (0, 24, 0, 24), mode="reflect")
+    module.eval()
+    with torch.no_grad():
+        direct = module.net.forward_modality("msi", padded)[..., :40, :40]
+        assert torch.allclose(module._forward(batch)["msi"], direct, atol=1e-6)

@@ -25,7 +25,7 @@ from torchmetrics.classification import BinaryAUROC, MulticlassJaccardIndex
 from cromss.config import from_dict, to_dict
 from cromss.errors import DataError
 from cromss.losses import consistency_loss, segmentation_loss
-from cromss.models import build_model
+from cromss.models import ENCODER_DEPTH, build_model, pad_to_multiple
 from cromss.schema import IGNORE_INDEX
 from cromss.selection import alpha_at, gamma_at, selection_weights
 from cromss.smoothing import smooth_labels
@@ -124,6 +124,17 @@ class CromSSModule(L.LightningModule):
         if missing:
             raise DataError(f"batch lacks modality '{missing[0]}' (keys: {sorted(batch)})")
         return {m: batch[m] for m in self.modalities}
+
+    def _forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Logits per modality; inputs whose size does not divide by 32 are padded and the logits cropped
+        back (tiles of your own data need not be multiples of the U-Net's stride)."""
+        inputs = self._inputs(batch)
+        height, width = next(iter(inputs.values())).shape[-2:]
+        divisor = 2**ENCODER_DEPTH
+        if height % divisor == 0 and width % divisor == 0:
+            return self.net(inputs)
+        padded = {m: pad_to_multiple(x, divisor)[0] for m, x in inputs.items()}
+        return {m: logits[..., :height, :width] for m, logits in self.net(padded).items()}
 
     def fractional_epoch(self, batch_idx: int) -> float:
         """Epoch + fraction of it done: alpha and gamma ramp per step, not per epoch."""
@@ -225,7 +236,7 @@ class CromSSModule(L.LightningModule):
         buffers = list(self.net.buffers())
         saved_buffers = [b.detach().clone() for b in buffers]
         method, labels = self.cfg.method, batch["label"]
-        logits = self.net(self._inputs(batch))
+        logits = self._forward(batch)
         probs = {m: out.float().softmax(dim=1) for m, out in logits.items()}
         epoch = self.fractional_epoch(batch_idx)
         alpha, gamma = alpha_at(epoch, method.alpha0, method.rampup_epochs), gamma_at(epoch, method.rampup_epochs)
@@ -276,7 +287,7 @@ class CromSSModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         labels = batch["label"]
         batch_size = labels.shape[0]
-        logits = self.net(self._inputs(batch))
+        logits = self._forward(batch)
         probs = {m: out.float().softmax(dim=1) for m, out in logits.items()}
         # validation loss: the plain objective (one-hot noisy labels, every labelled pixel weight 1),
         # comparable across epochs and methods; it drives ReduceLROnPlateau and best.ckpt

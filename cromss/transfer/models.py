@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from cromss.errors import CheckpointError, ConfigError
+from cromss.models import pad_to_multiple  # noqa: F401  (public here since the transfer split)
 
 
 def build_segmentation_model(framework: str, encoder: str, in_channels: int, num_classes: int) -> torch.nn.Module:
@@ -71,15 +70,5 @@ def load_encoder_weights(
     # the pretraining config and export metadata stay in the source; keep what identifies it
     keep = ("source", "layout", "modality", "in_channels", "encoder", "bands", "prefix")
     return {key: info[key] for key in keep if key in info}
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pad ``[B, C, H, W]`` at the bottom/right (reflect) so H and W divide by ``multiple``."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x, (height, width)
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (height, width)
 
 
