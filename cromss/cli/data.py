@@ -130,3 +130,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             raise
     else:
         data_tools.register(data_sub)
+    from cromss.cli import data_tile
+
+    data_tile.register(data_sub)
