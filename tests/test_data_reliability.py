@@ -133,3 +133,14 @@ def test_builtin_stats_use_train_tiles_only_and_are_found_by_runs(tmp_path, caps
     packaged = build_dataset(DataConfig(kind="dw", root=str(demo), s2_stats="packaged", crop_size=None), "test",
                              train=False).normalizers["s2"]
     assert not np.allclose(packaged.mean.numpy(), norm.mean.numpy())
+
+
+def test_inspect_opens_builtin_tiles_and_reports_a_corrupt_one(tmp_path, capsys):
+    demo = make_demo(tmp_path / "d", locations=2, size=8, dw_train=3, dw_test=1, layouts=("lmdb",))
+    victim = sorted((demo / "dw" / "train" / "s1").glob("*.tif"))[-1]
+    victim.write_bytes(victim.read_bytes()[:64])  # truncated: the band count alone would still look right
+    assert main(["data", "inspect", str(demo / "dw")]) == 1
+    captured = capsys.readouterr()
+    assert "opened the labels and images of 4 of 4 locations" in captured.out
+    assert "PROBLEMS     1 file(s) could not be used" in captured.out and victim.name in captured.out
+    assert captured.err.strip() == "cromss: 1 file(s) could not be used (see PROBLEMS above)"
