@@ -25,18 +25,19 @@ def _warnings(caplog):
 
 
 def test_nol_geotiff_id_without_four_seasons_is_counted_in_one_warning(tmp_path, caplog):
-    demo = make_demo(tmp_path / "d", locations=3, size=8, dw_train=0, dw_test=0, layouts=("geotiff",))
+    demo = make_demo(tmp_path / "d", locations=4, size=8, dw_train=0, dw_test=0, layouts=("geotiff",))
     ids = sorted(p.name for p in (demo / "nol" / "s2c").iterdir())
     shutil.rmtree(next(p for p in (demo / "nol" / "s2c" / ids[1]).iterdir()))  # one season of one id
+    shutil.rmtree(demo / "nol" / "dw_labels" / ids[2])  # images without any label
     cfg = DataConfig(kind="nol", root=str(demo / "nol"), format="geotiff", crop_size=None, val_fraction=0.3)
     with caplog.at_level(logging.WARNING, logger="cromss.data"):
         train = build_dataset(cfg, "train", train=True)
         build_dataset(cfg, "val", train=False)  # the same scan again: no second line
     lines = _warnings(caplog)
     assert len(lines) == 1 and "\n" not in lines[0]
-    assert lines[0].startswith(f"cromss: warning: 1 of 3 locations of {demo / 'nol'} skipped")
-    assert ids[1] in lines[0]
-    assert ids[1] not in [train.sample_id(i) for i in range(len(train.locations))]
+    assert lines[0].startswith(f"cromss: warning: 2 of 4 locations of {demo / 'nol'} skipped")
+    assert ids[1] in lines[0] and ids[2] in lines[0]
+    assert len(train) == 1 and train.sample_id(0) in (ids[0], ids[3])
 
 
 def test_tile_without_label_file_is_counted_in_one_warning(tmp_path, caplog):

@@ -227,6 +227,13 @@ class NolGeoTiffDataset(SegmentationDataset):
                 ids.append(sample_id)
             elif skipped is not None:
                 skipped.append(sample_id)
+        if skipped is not None:  # ids with images but no label folder at all are dropped too
+            labelled = {p.name for p in label_dir.iterdir() if p.is_dir()}
+            for modality in modalities:
+                folder = root / TREE_DIRS[modality]
+                if folder.is_dir():
+                    skipped.extend(p.name for p in sorted(folder.iterdir())
+                                   if p.is_dir() and p.name not in labelled and p.name not in skipped)
         return ids
 
     def sample_id(self, location: int) -> str:
