@@ -32,9 +32,11 @@ MASK_KEYS: tuple[str, ...] = ("label", "labels_all_seasons", "valid", "label_tru
 def load_band_stats(modality: str, path: str | Path | None = None) -> dict[str, Any]:
     """Read the band statistics JSON of ``modality`` ('s1' | 's2').
 
-    ``path=None`` reads the packaged SSL4EO-S12 statistics. The JSON holds ``bands`` (names),
+    ``path=None`` (or ``'packaged'``, as resolved configs record it) reads the packaged SSL4EO-S12 statistics. The JSON holds ``bands`` (names),
     ``mean`` and ``std`` (one number per band, raw units: dB for S1, L1C DN for S2).
     """
+    if path == "packaged":
+        path = None
     if path is None and modality not in ("s1", "s2"):
         raise DataError(f"no packaged band statistics for modality {modality!r} (only 's1', 's2'); give a file")
     if path is None:

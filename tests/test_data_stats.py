@@ -41,7 +41,8 @@ def test_compute_band_stats_on_geotiff_tree_equals_direct_computation(tmp_path):
     assert stats["s2"]["std"][3] == pytest.approx(b4.std(), rel=1e-8)
     assert stats["s2"]["count"] == 2 * 4 * 12 * 12
     tiles = compute_band_stats(demo / "dw", "dw", modalities=("s1",))
-    assert list(tiles) == ["s1"] and tiles["s1"]["count"] == 3 * 12 * 12
+    # the training split only: the 2 train tiles, never the test tile
+    assert list(tiles) == ["s1"] and tiles["s1"]["count"] == 2 * 12 * 12
 
 
 def test_cli_make_demo_inspect_and_stats(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -27,11 +28,17 @@ def _make_demo(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from cromss.data.inspect import detect_layouts, format_summary, summarize
 
+    problems = 0
     for layout in detect_layouts(args.path):
         formats = layout.formats if args.format == "all" else [f for f in layout.formats if f == args.format]
         for fmt in formats:
-            print(format_summary(summarize(layout, fmt, max_samples=args.max_samples)))
+            info = summarize(layout, fmt, max_samples=args.max_samples)
+            problems += len(info["problems"])
+            print(format_summary(info))
             print()
+    if problems:
+        print(f"cromss: {problems} file(s) could not be used (see PROBLEMS above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -46,15 +53,23 @@ def _stats(args: argparse.Namespace) -> int:
 
         layout = detect_layouts(path)[0]
         kind, root = layout.kind, layout.root
-    stats = compute_band_stats(root, kind, tuple(args.modalities), args.max_samples, progress=True)
+    modalities = tuple(args.modalities) if args.modalities else None
+    stats = compute_band_stats(root, kind, modalities, args.max_samples, progress=True)
     out_dir = Path(args.out) if args.out else root / "stats"
     for written in write_band_stats(stats, out_dir):
         print(f"wrote {written}")
     for modality, data in stats.items():
         means = ", ".join(f"{b}={m:.2f}" for b, m in zip(data["bands"], data["mean"]))
         print(f"  {modality} mean: {means}")
-    hints = " ".join(f"data.{m}_stats={out_dir / f'{m}_stats.json'}" for m in stats)
-    print(f"use them with the overrides: {hints}")
+    if args.out is None:
+        keys = ("data.stats.<modality>" if kind == "generic"
+                else " / ".join(f"data.{m}_stats" for m in stats))
+        print(f"runs with data.root {root} find them by themselves (unless {keys} is set); the resolved "
+              "config of a run records the file used")
+    else:
+        hints = " ".join((f"data.stats.{m}=" if kind == "generic" else f"data.{m}_stats=") + str(out_dir / f"{m}_stats.json")
+                         for m in stats)
+        print(f"use them with the overrides: {hints}")
     return 0
 
 
@@ -96,9 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = data_sub.add_parser(
         "inspect", help="detect a layout and print counts, bands, classes, noise rate",
         formatter_class=_HelpFormatter,
-        description="Detect the dataset(s) at PATH (or in its subfolders) and print sample counts,\n"
-        "bands, tile sizes, the class histogram and, when true labels are present (demo data),\n"
-        "the measured label noise rate.\n\nExample: cromss data inspect /tmp/demo",
+        description="Detect the dataset(s) at PATH (or in its subfolders: a generic dataset.yaml or a\n"
+        "built-in layout) and print sample counts, timestamps, bands by name, tile sizes, the class\n"
+        "histogram (raw label values outside label_values counted as ignored) and, with true /\n"
+        "reference labels, the measured label noise rate. The labels and images of the first\n"
+        "--max-samples locations are OPENED; files that cannot be used are listed and the exit\n"
+        "status is 1.\n\nExample: cromss data inspect /tmp/demo",
     )
     inspect.add_argument("path", help="dataset folder")
     inspect.add_argument("--format", choices=("all", "lmdb", "geotiff"), default="all",
@@ -108,20 +126,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.set_defaults(func=_inspect)
 
     stats = data_sub.add_parser(
-        "stats", help="compute per-band mean/std of raw GeoTIFF inputs (streaming)",
+        "stats", help="compute per-band mean/std of the training split (streaming)",
         formatter_class=_HelpFormatter,
-        description="Compute per-band mean and std of S1 (dB) and S2 (13 bands, DN) over a GeoTIFF\n"
-        "dataset with float64 running sums (constant memory) and write s1_stats.json and\n"
-        "s2_stats.json. Point data.s1_stats / data.s2_stats at them to normalise with them.\n\n"
-        "Example: cromss data stats /tmp/demo/nol --out /tmp/demo/stats",
+        description="Compute per-band mean and std over the TRAINING split of a dataset (never its test\n"
+        "or declared val rows) with float64 running sums (constant memory) and write\n"
+        "<modality>_stats.json. Written to PATH/stats/ (the default), they are found by pretrain,\n"
+        "finetune, evaluate and predict by themselves; the resolved config of a run records the file\n"
+        "used. Built-in kinds: S1 (dB) and S2 (13 bands, DN) of the GeoTIFF layouts; generic datasets\n"
+        "(dataset.yaml): every modality, bands by name.\n\n"
+        "Example: cromss data stats /tmp/demo/nol",
     )
-    stats.add_argument("path", help="dataset folder (GeoTIFF layout)")
-    stats.add_argument("--kind", choices=("auto", "nol", "dw", "osm", "dfc2020"), default="auto",
+    stats.add_argument("path", help="dataset folder (GeoTIFF layout or generic dataset)")
+    stats.add_argument("--kind", choices=("auto", "nol", "dw", "osm", "dfc2020", "generic"), default="auto",
                        help="dataset kind; auto detects it")
-    stats.add_argument("--modalities", nargs="+", choices=("s1", "s2"), default=["s1", "s2"])
+    stats.add_argument("--modalities", nargs="+", default=None,
+                       help="modalities to compute (default: s1 s2, or every modality of dataset.yaml)")
     stats.add_argument("--max-samples", type=int, default=None, help="stop after N samples (all seasons)")
-    stats.add_argument("--out", default=None, help="output folder (default: PATH/stats)")
+    stats.add_argument("--out", default=None, help="output folder (default: PATH/stats, found by runs)")
     stats.set_defaults(func=_stats)
+
+    from cromss.cli import data_index
+
+    data_index.register(data_sub, _HelpFormatter)
 
     try:
         from cromss.cli import data_tools

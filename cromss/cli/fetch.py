@@ -80,7 +80,7 @@ def run_fetch(args: argparse.Namespace) -> int:
             summary = result.summary
             if "counts" in summary:
                 counts = ", ".join(f"{split}: {n}" for split, n in summary["counts"].items())
-                bands = ", ".join(f"{m}: {n}" for m, n in summary.get("bands", {}).items())
+                bands = ", ".join(f"{m}: {len(n)}" for m, n in summary.get("bands", {}).items())
                 print(f"  layout {result.layout} ({summary['kind']} tiles; {counts}; bands {bands}) - check passed")
             else:
                 print(f"  layout {result.layout} ({summary.get('ids_complete')} ids with 4 label seasons, "

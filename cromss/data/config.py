@@ -58,7 +58,9 @@ class DataConfig:
     seed: int = 0
     #: keep only the first N samples of each split (quick runs); None = all
     max_samples: int | None = None
-    #: band statistics JSON files for raw GeoTIFF inputs; None = packaged SSL4EO-S12 statistics
+    #: band statistics JSON files for raw GeoTIFF inputs of the built-in kinds; None = ``<root>/stats/<m>_stats.json``
+    #: when ``cromss data stats`` wrote it, else the packaged SSL4EO-S12 statistics; 'packaged' = those.
+    #: A run records the file it used here (docs/data.md, "Band statistics").
     s1_stats: str | None = None
     s2_stats: str | None = None
 

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from cromss import schema
 from cromss.data.config import DataConfig
-from cromss.data.description import DatasetDescription
+from cromss.data.description import DatasetDescription, stats_files
 from cromss.errors import DataError
 from cromss.transforms import ClipNormalize, JointAugment, center_crop
 
@@ -84,15 +84,17 @@ class SegmentationDataset(Dataset):
     def _build_normalizers(self) -> dict[str, ClipNormalize]:
         """One :class:`ClipNormalize` per modality, its statistics picked by band name.
 
-        Built-in kinds keep their packaged SSL4EO-S12 statistics (or ``data.s1_stats`` / ``data.s2_stats``).
+        Built-in kinds: ``data.s1_stats`` / ``data.s2_stats``, else ``<root>/stats/<m>_stats.json`` written
+        by ``cromss data stats``, else the packaged SSL4EO-S12 statistics (:func:`stats_files`).
         Generic datasets read ``data.stats[modality]``, else the file the description names or finds in
         ``<root>/stats/`` (written by ``cromss data stats``); no statistics is a DataError saying so.
         """
         cfg, description = self.cfg, self.description
         if description is None or cfg.kind != "generic":
+            files = stats_files(cfg)  # data.s1_stats / s2_stats, else <root>/stats/, else packaged
             return {
-                "s1": ClipNormalize.for_modality("s1", 2, cfg.s1_stats),
-                "s2": ClipNormalize.for_modality("s2", cfg.s2_bands, cfg.s2_stats),
+                "s1": ClipNormalize.for_modality("s1", 2, files["s1"]),
+                "s2": ClipNormalize.for_modality("s2", cfg.s2_bands, files["s2"]),
             }
         out = {}
         for modality in self.modalities:
@@ -208,6 +210,29 @@ class SegmentationDataset(Dataset):
         elif not self.train and self.cfg.eval_crop is not None:
             sample = center_crop(sample, self.cfg.eval_crop, image_keys=tuple(self.modalities))
         return sample
+
+    def labelled_pixels(self, location: int) -> tuple[int, int, dict[str, int]]:
+        """Pixels of ``location`` (every timestamp) that train: labelled AND valid in every modality.
+
+        Returns ``(labelled valid pixels, pixels, {what: pixels})`` with ``what`` = 'labels ignored' and
+        '<modality> nodata'; reads raw files only (no normalisation statistics needed).
+        """
+        labels, _ = self.read_labels(location)
+        usable = total = 0
+        nodata: dict[str, int] = {}
+        for season in range(min(self.timestamps(location), labels.shape[0])):
+            invalid = np.zeros(labels.shape[-2:], dtype=bool)
+            ignored = int((labels[season] == schema.IGNORE_INDEX).sum())
+            nodata["labels ignored"] = nodata.get("labels ignored", 0) + ignored
+            for modality in self.modalities:
+                mask = self.read_images(location, season, modality).invalid
+                nodata[f"{modality} nodata"] = nodata.get(f"{modality} nodata", 0) + int(mask.sum())
+                invalid |= mask
+            usable += int(((labels[season] != schema.IGNORE_INDEX) & ~invalid).sum())
+            total += int(invalid.size)
+            if usable:
+                break
+        return usable, total, nodata
 
     def raw_images(self, location: int):
         """Yield ``(modality, raw [C, H, W] float64, invalid [H, W])`` of every timestamp (statistics)."""

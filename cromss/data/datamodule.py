@@ -14,6 +14,39 @@ from cromss.data.description import class_table_of
 from cromss.errors import DataError
 
 
+#: training samples (spread over the split) checked for one labelled valid pixel before training
+TRAINABLE_CHECK_SAMPLES = 16
+
+
+def check_trainable(dataset: Any, root: str, limit: int = TRAINABLE_CHECK_SAMPLES) -> None:
+    """Refuse a training split whose every pixel is ignored or nodata, before training starts.
+
+    Up to ``limit`` locations spread evenly over the split are read (raw files, every timestamp); the
+    first one with a labelled valid pixel ends the check, so a normal dataset costs one read. If none
+    has one, the run would train to loss 0.0 on nothing: a DataError naming the split and an example.
+    """
+    locations = len(getattr(dataset, "locations", []))
+    if locations == 0 or not hasattr(dataset, "labelled_pixels"):
+        return
+    count = min(limit, locations)
+    positions = sorted({round(i * (locations - 1) / max(1, count - 1)) for i in range(count)})
+    first: tuple[str, int, int, dict[str, int]] | None = None
+    for position in positions:
+        usable, total, nodata = dataset.labelled_pixels(position)
+        if usable:
+            return
+        if first is None:
+            first = (dataset.sample_id(position), usable, total, nodata)
+    assert first is not None
+    sample, _, total, nodata = first
+    worst = ", ".join(f"{what} on {n} of {total}" for what, n in nodata.items())
+    raise DataError(
+        f"the training split of {root} has no labelled valid pixel in the {len(positions)} of its {locations} "
+        f"samples checked: every label is ignored or every image pixel is nodata (e.g. sample {sample}: "
+        f"{worst} pixels); check the files, label values and nodata with `cromss data inspect {root}`"
+    )
+
+
 class CromSSDataModule(L.LightningDataModule):
     """Train / val / test loaders of one dataset.
 
@@ -29,6 +62,7 @@ class CromSSDataModule(L.LightningDataModule):
         self.class_table: schema.ClassTable = class_table_of(cfg)
         self.num_classes: int = self.class_table.num_classes
         self.datasets: dict[str, Dataset] = {}
+        self._checked_train = False
 
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split``, built once."""
@@ -38,8 +72,11 @@ class CromSSDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
-            self.dataset("train")
+            train = self.dataset("train")
             self.dataset("val")
+            if not self._checked_train:
+                check_trainable(train, self.cfg.root)
+                self._checked_train = True
         if stage == "validate":
             self.dataset("val")
         if stage in ("test", "predict") and self.cfg.kind != "nol":

@@ -404,15 +404,16 @@ def resolve_data_config(cfg: Any) -> Any:
     """A copy of ``cfg`` (DataConfig) with modalities, bands and classes filled in from the dataset.
 
     Values the user set are checked against the dataset: an unknown modality, a band the dataset lacks
-    or a different class list is a ConfigError naming the key. A resolved config is returned as is,
-    so a checkpoint's config never needs the dataset folder again.
+    or a different class list is a ConfigError naming the key. A resolved config is not read again,
+    so a checkpoint's config never needs the dataset folder again. The statistics files used are
+    recorded (:func:`resolve_stats`).
     """
     from dataclasses import replace
 
     from cromss.errors import ConfigError
 
     if is_resolved(cfg):
-        return cfg
+        return resolve_stats(cfg)
     try:
         description = describe(cfg)
     except DataError as err:
@@ -441,8 +442,73 @@ def resolve_data_config(cfg: Any) -> Any:
             f"config key 'data.classes': {list(cfg.classes)} differs from the classes of dataset "
             f"{description.name}: {names}"
         )
-    return replace(cfg, modalities=modalities, bands=bands, classes=names,
-                   class_colors=list(cfg.class_colors or description.classes.colors))
+    return resolve_stats(replace(cfg, modalities=modalities, bands=bands, classes=names,
+                                 class_colors=list(cfg.class_colors or description.classes.colors)))
+
+
+#: ``data.s1_stats`` / ``data.s2_stats`` value recorded when a built-in kind uses the packaged statistics.
+PACKAGED_STATS = "packaged"
+
+
+def _builtin_root(cfg: Any) -> Path | None:
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        return None
+    sub = root / cfg.kind
+    if sub.is_dir() and not any(root.glob("*.lmdb")) and not (root / "train").is_dir():
+        return sub  # the demo folder holding nol/ and dw/ (as layouts.resolve_root)
+    return root
+
+
+def stats_files(cfg: Any) -> dict[str, str | None]:
+    """The band statistics file each modality of a DataConfig is normalised with.
+
+    Built-in kinds ('s1', 's2'): ``data.s1_stats`` / ``data.s2_stats`` when set (``'packaged'`` = the
+    SSL4EO-S12 statistics shipped with cromss), else ``<root>/stats/<m>_stats.json`` when it exists
+    (written by ``cromss data stats``), else the packaged statistics (None). Generic data:
+    ``data.stats.<m>``, else the file ``dataset.yaml`` names or ``<root>/stats/<m>_stats.json``
+    (None = none found).
+    """
+    if cfg.kind != "generic":
+        root = _builtin_root(cfg)
+        out: dict[str, str | None] = {}
+        for modality in ("s1", "s2"):
+            explicit = getattr(cfg, f"{modality}_stats")
+            if explicit is not None:
+                out[modality] = None if explicit == PACKAGED_STATS else str(explicit)
+                continue
+            found = root / STATS_DIR / f"{modality}_stats.json" if root is not None else None
+            out[modality] = str(found) if found is not None and found.is_file() else None
+        return out
+    given = dict(cfg.stats or {})
+    missing = [m for m in (cfg.modalities or []) if m not in given]
+    if missing or cfg.modalities is None:
+        try:
+            description = load_description(cfg.root)
+        except DataError:
+            return {m: str(p) for m, p in given.items()}
+        for modality in cfg.modalities or description.modalities:
+            if modality not in given and modality in description.modalities:
+                path = description.stats_path(modality)
+                given[modality] = str(path) if path is not None else None
+    return {m: (str(p) if p is not None else None) for m, p in given.items()}
+
+
+def resolve_stats(cfg: Any) -> Any:
+    """A copy of ``cfg`` recording the statistics files it uses (:func:`stats_files`), so a run folder
+    and its checkpoints say which statistics were used and later commands use the same ones.
+
+    Built-in kinds: ``data.s1_stats`` / ``data.s2_stats`` become the file found or ``'packaged'``.
+    Generic: ``data.stats`` gains the file of each modality found. Values already set are kept.
+    """
+    from dataclasses import replace
+
+    files = stats_files(cfg)
+    if cfg.kind != "generic":
+        return replace(cfg, **{f"{m}_stats": getattr(cfg, f"{m}_stats") or files[m] or PACKAGED_STATS
+                               for m in ("s1", "s2")})
+    found = {m: p for m, p in files.items() if p is not None}
+    return replace(cfg, stats=found or cfg.stats)
 
 
 def class_table_of(cfg: Any) -> schema.ClassTable:

@@ -9,6 +9,7 @@ Band and class tables come from :func:`cromss.data.description.builtin_descripti
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,27 @@ LMDB_NAMES: dict[str, str] = {
 TREE_DIRS: dict[str, str] = {"s1": "s1", "s2": "s2c", "label": "dw_labels", "label_true": "dw_labels_true"}
 #: Folders of the downstream tile layout ``<root>/<split>/<dir>/<name>.tif``.
 TILE_DIRS: dict[str, str] = {"s1": "s1", "s2": "s2", "label": "label", "label_true": "label_true"}
+LOGGER = logging.getLogger("cromss.data")
+_WARNED: set[str] = set()
+
+
+def warn_dropped(message: str) -> None:
+    """One warning line (``cromss: warning: ...``) per distinct message and process.
+
+    Dropped tiles and locations are counted in one line, not one per file; the train and val datasets
+    of a run scan the same folder, so the same line is not repeated.
+    """
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    LOGGER.warning("cromss: warning: %s", message)
+
+
+def _examples(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... (+{len(names) - limit})" if len(names) > limit else "")
+
+
 #: Prefixes stripped from tile file stems so that s1_12.tif, s2_12.tif and dw_12.tif pair up.
 _TILE_PREFIXES: tuple[str, ...] = ("s1_", "s2_", "dw_", "osm_", "label_", "lbl_")
 
@@ -174,6 +196,12 @@ class NolGeoTiffDataset(SegmentationDataset):
         self.root = root
         self.skipped: list[str] = []
         self.ids = self.complete_ids(root, cfg.modalities or ["s1", "s2"], self.skipped)
+        if self.skipped:
+            warn_dropped(
+                f"{len(self.skipped)} of {len(self.skipped) + len(self.ids)} locations of {root} skipped: they lack "
+                f"one of the {self.num_seasons} seasons of {'/'.join(cfg.modalities or ['s1', 's2'])} or of the "
+                f"labels ({_examples(self.skipped)})"
+            )
         if not self.ids:
             raise DataError(f"{root}: no location has all {self.num_seasons} seasons of {cfg.modalities} and labels")
         super().__init__(cfg, list(range(len(self.ids))) if indices is None else indices, train,
@@ -199,6 +227,13 @@ class NolGeoTiffDataset(SegmentationDataset):
                 ids.append(sample_id)
             elif skipped is not None:
                 skipped.append(sample_id)
+        if skipped is not None:  # ids with images but no label folder at all are dropped too
+            labelled = {p.name for p in label_dir.iterdir() if p.is_dir()}
+            for modality in modalities:
+                folder = root / TREE_DIRS[modality]
+                if folder.is_dir():
+                    skipped.extend(p.name for p in sorted(folder.iterdir())
+                                   if p.is_dir() and p.name not in labelled and p.name not in skipped)
         return ids
 
     def sample_id(self, location: int) -> str:
@@ -313,6 +348,12 @@ def list_tiles(root: Path, kind: str, split: str) -> list[Tile]:
     ]
     if not tiles:
         raise DataError(f"{label_dir}: no label GeoTIFFs")
+    unlabelled = sorted(name for name, files in found.items() if "label" not in files)
+    if unlabelled:
+        warn_dropped(
+            f"{len(unlabelled)} of {len(found)} tiles of {split_dir} skipped: no label file in "
+            f"{TILE_DIRS['label']}/ ({_examples(unlabelled)})"
+        )
     return tiles
 
 

@@ -1,4 +1,4 @@
-"""Streaming per-band statistics (mean, std) of raw S1/S2 inputs, written as the stats JSON files.
+"""Streaming per-band statistics (mean, std) of raw inputs over the TRAINING split, written as stats JSON files.
 
 Pixels are merged batch by batch with Chan et al.'s parallel form of Welford's update in float64,
 so memory does not grow with the dataset. Invalid pixels (non-finite or nodata) are skipped.
@@ -7,7 +7,6 @@ so memory does not grow with the dataset. Invalid pixels (non-finite or nodata) 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,59 +45,93 @@ class RunningBandStats:
         return np.sqrt(self.m2 / np.maximum(self.count, 1))
 
 
-def _datasets(root: Path, kind: str, cfg: DataConfig) -> Iterator[Any]:
+def training_pool(root: Path, kind: str, cfg: DataConfig) -> Any:
+    """The dataset of the TRAINING locations of ``root`` (never the test split) for statistics.
+
+    The pool is every location a run may train on: 'nol' all locations; @DW / @OSM the ``train/``
+    tiles; DFC2020 its 'validation' folder (the paper's training split); generic data the rows whose
+    split is ``train`` or empty. The validation part a run draws from it depends on
+    ``data.val_fraction`` / ``data.seed``, so it is included: the statistics are one file per dataset,
+    not per run. Declared ``val`` and ``test`` rows are never read.
+    """
     from cromss.data.datasets import NolGeoTiffDataset, TileDataset, detect_format, list_tiles
 
+    if kind == "generic":
+        from cromss.data.description import load_description, max_timestamps, read_samples
+        from cromss.data.generic import GenericDataset
+
+        description = load_description(root)
+        locations = read_samples(description)
+        pool = [loc for loc in locations if loc.split in ("", "train")]
+        if not pool:
+            raise DataError(f"{description.samples_file}: no training rows (split 'train' or empty) for statistics")
+        return GenericDataset(cfg, description, pool, train=False, num_timestamps=max_timestamps(locations))
     if kind == "nol":
         if detect_format(root) == "lmdb" and not (root / "s2c").is_dir() and not (root / "s1").is_dir():
             raise DataError(
                 f"{root}: the LMDB layout holds already clipped uint8 values; compute band statistics "
                 "on the GeoTIFF layout (s1/, s2c/)"
             )
-        yield NolGeoTiffDataset(cfg, root, None, train=False)
-        return
-    for split in ("train", "test"):
-        try:
-            tiles = list_tiles(root, kind, split)
-        except DataError:
-            if split == "train":
-                raise
-            continue
-        yield TileDataset(cfg, tiles, train=False)
+        return NolGeoTiffDataset(cfg, root, None, train=False)
+    return TileDataset(cfg, list_tiles(root, kind, "train"), train=False)
 
 
 def compute_band_stats(
-    root: str | Path, kind: str = "nol", modalities: tuple[str, ...] = ("s1", "s2"),
+    root: str | Path, kind: str = "nol", modalities: tuple[str, ...] | None = ("s1", "s2"),
     max_samples: int | None = None, progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Mean and std per band of S1 (dB) and S2 (13 bands, DN) over a GeoTIFF dataset.
+    """Mean and std per band over the TRAINING split of a dataset (see :func:`training_pool`).
 
+    Built-in kinds: S1 (dB) and S2 (13 bands, DN) of the GeoTIFF layouts. ``kind='generic'``: every
+    modality of ``dataset.yaml`` (``modalities=None``) or the ones named, bands named as declared.
     Returns ``{modality: stats}`` in the format of ``cromss/resources/<modality>_stats.json``.
     """
     root = Path(root)
-    cfg = DataConfig(kind=kind, root=str(root), format="geotiff", modalities=list(modalities),
-                     s2_bands=13, crop_size=None, augment=False)
+    if kind == "generic":
+        from cromss.data.description import load_description
+
+        description = load_description(root)
+        chosen = list(modalities) if modalities else list(description.modalities)
+        unknown = [m for m in chosen if m not in description.modalities]
+        if unknown:
+            raise DataError(f"{root}: no modality {unknown[0]!r} (dataset.yaml has {list(description.modalities)})")
+        band_names = {m: list(description.bands(m)) for m in chosen}
+        cfg = DataConfig(kind=kind, root=str(root), modalities=chosen, crop_size=None, augment=False)
+    else:
+        chosen = list(modalities or ("s1", "s2"))
+        bad = [m for m in chosen if m not in ("s1", "s2")]
+        if bad:
+            raise DataError(f"--modalities: {bad[0]!r} is not a modality of data.kind {kind!r} (s1, s2)")
+        band_names = {m: list(schema.modality_bands(m)) for m in chosen}
+        cfg = DataConfig(kind=kind, root=str(root), format="geotiff", modalities=chosen,
+                         s2_bands=13, crop_size=None, augment=False)
     cfg.validate()
-    running = {m: RunningBandStats(len(schema.modality_bands(m))) for m in modalities}
+    dataset = training_pool(root, kind, cfg)
+    running = {m: RunningBandStats(len(band_names[m])) for m in chosen}
     samples = 0
-    for dataset in _datasets(root, kind, cfg):
-        for location in range(len(dataset.locations)):
-            if max_samples is not None and samples >= max_samples:
-                break
-            for modality, raw, invalid in dataset.raw_images(location):
-                running[modality].update(raw[:, ~invalid])
-            samples += 1
-            if progress and samples % 100 == 0:
-                print(f"  {samples} samples")
+    for location in range(len(dataset.locations)):
+        if max_samples is not None and samples >= max_samples:
+            break
+        for modality, raw, invalid in dataset.raw_images(location):
+            running[modality].update(raw[:, ~invalid])
+        samples += 1
+        if progress and samples % 100 == 0:
+            print(f"  {samples} samples")
     if samples == 0:
         raise DataError(f"{root}: no samples found to compute statistics")
     out = {}
+    units = {"s1": "dB", "s2": "L1C DN"} if kind != "generic" else {}
     for modality, stats in running.items():
+        if int(stats.count.min()) == 0:
+            raise DataError(
+                f"{root}: modality {modality!r} has no valid pixel in the {samples} training samples read "
+                "(every pixel is nodata)"
+            )
         out[modality] = {
-            "modality": modality, "bands": list(schema.modality_bands(modality)),
-            "mean": stats.mean.tolist(), "std": stats.std.tolist(), "count": int(stats.count.min()),
-            "unit": "dB" if modality == "s1" else "L1C DN",
-            "source": f"cromss data stats {root} ({samples} samples, kind {kind})",
+            "modality": modality, "bands": band_names[modality],
+            "mean": stats.mean.tolist(), "std": np.maximum(stats.std, 1e-6).tolist(),
+            "count": int(stats.count.min()), "unit": units.get(modality, "raw file values"),
+            "source": f"cromss data stats {root} ({samples} training samples, kind {kind})",
         }
     return out
 

@@ -161,7 +161,10 @@ def check_layout(root: Path, art: Artefact) -> dict[str, Any]:
             if not layouts or layouts[0].kind != art.data_kind:
                 found = layouts[0].kind if layouts else "none"
                 raise DataError(f"expected a {art.data_kind} tile layout, found {found}")
-            return summarize(layouts[0], "geotiff", max_samples=50)
+            summary = summarize(layouts[0], "geotiff", max_samples=50)
+            if summary["problems"]:  # inspect lists unusable files instead of stopping at the first
+                raise DataError(summary["problems"][0])
+            return summary
         return _check_nol_labels(root)
     except DataError as err:
         raise FetchError(f"{art.name}: the unpacked layout fails the data check: {err}") from None

@@ -177,4 +177,6 @@ def resolved_data_config(cfg: FinetuneConfig) -> DataConfig:
     data = copy.deepcopy(cfg.data)
     data.modalities = [cfg.modality]
     data.s2_bands = cfg.s2_bands
-    return data
+    from cromss.data.description import resolve_stats  # record the statistics files used (run folder)
+
+    return resolve_stats(data)
