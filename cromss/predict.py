@@ -192,7 +192,8 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
                   probabilities: str | Path | None = None, probability_dtype: str = "float32",
                   nodata: float | None = None, classes: ClassTable = DW_CLASSES, device: str = "cpu",
                   cache_mb: int = 64, inputs: Mapping[str, ModalitySpec] | None = None,
-                  normalizers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  normalizers: Mapping[str, Any] | None = None,
+                  nodata_rules: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Predict a class map GeoTIFF for a scene with U-Net ``modality`` of ``net`` (a ``CromSSNet``).
 
     Args:
@@ -213,6 +214,9 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
         cache_mb: GDAL block cache for the writes (keeps memory bounded on huge scenes).
         normalizers: modality -> ClipNormalize of the run (:func:`run_normalizers`); default: the packaged
             SSL4EO-S12 statistics (S1 / S2 only).
+        nodata_rules: modality -> :class:`cromss.data.description.NodataRule` of the run
+            (:func:`run_nodata_rules`: its value replaces the file's nodata, ``nodata`` wins over both);
+            default: the built-in datasets' rules (S1: nodata in any band, others: in all bands).
 
     Returns:
         Summary: size, grid, modality, tiles, class pixel counts, resampled files, band checks.
@@ -242,7 +246,10 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
     for m in used:
         if m not in normalizers or normalizers[m].num_bands != len(bands[m]):
             raise DataError(f"no band statistics for the {len(bands[m])} {m} bands of the model")
-    scene = open_scene({m: specs[m] for m in used}, bands, nodata)
+    rules = dict(nodata_rules or {})
+    values = {m: nodata if nodata is not None else getattr(rules.get(m), "value", None) for m in used}
+    any_band = {m: rules[m].rule == "any" if m in rules else m == "s1" for m in used}
+    scene = open_scene({m: specs[m] for m in used}, bands, values, any_band)
     try:
         grid = scene.grid
         height, width = grid.height, grid.width
@@ -527,6 +534,29 @@ def run_normalizers(config: Mapping[str, Any], bands: Mapping[str, tuple[str, ..
                 f"now; give the same file with --stats {modality}=FILE"
             )
         out[modality] = ClipNormalize.for_bands(modality, names, path)
+    return out
+
+
+def run_nodata_rules(config: Mapping[str, Any], modalities: list[str]) -> dict[str, Any]:
+    """Nodata rule per modality as the run's datasets apply them: a generic dataset's ``nodata`` of its
+    dataset.yaml (read when reachable), built-in kinds S1 'any' band and the others 'all' bands."""
+    from cromss.data.description import NodataRule, load_description
+
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    description = None
+    if data.get("kind") == "generic":
+        try:
+            description = load_description(data.get("root"))
+        except DataError:
+            description = None
+    out = {}
+    for m in modalities:
+        if description is not None and m in description.modalities:
+            out[m] = description.nodata_rule(m)
+        elif data.get("kind") == "generic":
+            out[m] = NodataRule()
+        else:
+            out[m] = NodataRule(rule="any" if m == "s1" else "all")
     return out
 
 

@@ -148,6 +148,7 @@ class ModalityInput:
     bands: tuple[str, ...]
     files: list[_File]
     band_check: str  # 'names' (descriptions / band file names) or 'count'
+    any_band: bool = False  # nodata rule: a pixel is nodata when ANY band (else: ALL bands) holds the value
 
 
 @dataclass
@@ -161,8 +162,9 @@ class Scene:
     def read(self, modality: str, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw float32 ``[C, h, w]`` of ``modality`` in model band order and its invalid mask ``[h, w]``.
 
-        A pixel is invalid when any band is non-finite, equals its file's nodata value, or lies outside
-        a resampled file's footprint.
+        A pixel is invalid when any band is non-finite (this includes pixels outside a resampled file's
+        footprint), or when any / all bands (the modality's nodata rule, as the datasets apply it) equal
+        their file's nodata value.
         """
         from rasterio.windows import Window
 
@@ -173,9 +175,11 @@ class Scene:
             raw = f.reader.read(f.indexes, window=window, out_dtype="float32")
             out[f.positions] = raw
         invalid = ~np.isfinite(out).all(axis=0)
+        hit = np.zeros(out.shape, bool)
         for f in item.files:
             if f.nodata is not None and math.isfinite(f.nodata):
-                invalid |= (out[f.positions] == np.float32(f.nodata)).any(axis=0)
+                hit[f.positions] = out[f.positions] == np.float32(f.nodata)
+        invalid |= hit.any(axis=0) if item.any_band else hit.all(axis=0)
         return out, invalid
 
     def close(self) -> None:
@@ -238,20 +242,25 @@ def _open_modality(modality: str, spec: ModalitySpec, bands: tuple[str, ...], no
 
 
 def open_scene(specs: Mapping[str, ModalitySpec], bands: Mapping[str, Sequence[str]],
-               nodata: float | None = None) -> Scene:
+               nodata: float | None | Mapping[str, float | None] = None,
+               any_band: Mapping[str, bool] | None = None) -> Scene:
     """Open the inputs of every modality in ``specs`` and put them on the finest grid (see module doc).
 
     Args:
         specs: modality -> stack file, band folder or band -> file mapping.
         bands: modality -> the model's band names in input order.
-        nodata: input nodata value overriding the files' own (NaN is always nodata).
+        nodata: input nodata value overriding the files' own (NaN is always nodata), or one per modality.
+        any_band: modality -> nodata rule (True: nodata in ANY band spoils the pixel; default: in ALL bands).
     """
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
     opened: list[Any] = []
     try:
-        inputs = {m: _open_modality(m, spec, tuple(bands[m]), nodata, opened) for m, spec in specs.items()}
+        values = nodata if isinstance(nodata, Mapping) else {m: nodata for m in specs}
+        inputs = {m: _open_modality(m, spec, tuple(bands[m]), values.get(m), opened) for m, spec in specs.items()}
+        for m, item in inputs.items():
+            item.any_band = bool((any_band or {}).get(m, False))
         all_files = [f for item in inputs.values() for f in item.files]
         grids = [Grid.of(f.dataset) for f in all_files]
         for f, grid in zip(all_files, grids, strict=True):

@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         net_bands,
         predict_scene,
         predict_scenes,
+        run_nodata_rules,
         run_normalizers,
         scene_modalities,
     )
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     normalizers = run_normalizers(config, {m: net_bands(net, m) for m in used}, stats,
                                   source=f"run {args.checkpoint}")
     options = dict(tile=args.tile, overlap=args.overlap, probability_dtype=args.probability_dtype,
-                   nodata=args.nodata, classes=classes, device=args.device, normalizers=normalizers)
+                   nodata=args.nodata, classes=classes, device=args.device, normalizers=normalizers,
+                   nodata_rules=run_nodata_rules(config, used))
     if args.scenes is not None:
         summaries = predict_scenes(net, args.scenes, args.out, probabilities_dir=args.probabilities,
                                    modality=args.modality, **options)
