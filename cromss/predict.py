@@ -502,16 +502,25 @@ def run_class_table(config: Mapping[str, Any], num_classes: int) -> ClassTable:
     return table
 
 
+def run_folder_of(checkpoint: str | Path) -> Path | None:
+    """The run folder of a run folder or of ``<run>/checkpoints/*.ckpt`` (None for a lone checkpoint)."""
+    path = Path(checkpoint)
+    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    return run if run is not None and (run / "config.yaml").is_file() else None
+
+
 def run_normalizers(config: Mapping[str, Any], bands: Mapping[str, tuple[str, ...]],
-                    overrides: Mapping[str, str | Path] | None = None, source: str = "the run") -> dict[str, Any]:
+                    overrides: Mapping[str, str | Path] | None = None, source: str = "the run",
+                    run_dir: str | Path | None = None) -> dict[str, Any]:
     """The normalisers a run's data pipeline used, per modality, its statistics picked by band name.
 
-    The statistics are those the dataset core (:meth:`cromss.data.core.SegmentationDataset._build_normalizers`)
-    reads for the run's resolved config: built-in kinds ``data.s1_stats`` / ``data.s2_stats`` (None = the
-    packaged SSL4EO-S12 statistics), generic runs ``data.stats.<modality>``, else the dataset's own file
-    (``stats`` of its dataset.yaml, else ``<data.root>/stats/<modality>_stats.json``). ``overrides``
-    (modality -> JSON, ``--stats``) win. A file that cannot be found now is a DataError naming it.
+    In order: ``overrides`` (modality -> JSON, ``--stats``); the copy the run made when it started
+    (``<run_dir>/band_stats/<modality>_stats.json``, :func:`cromss.data.run_stats.record_run_stats`); the
+    file its resolved config names, as the dataset core finds it (:func:`cromss.data.run_stats.stats_file`:
+    ``data.s1_stats`` / ``data.s2_stats``, None = packaged; generic: ``data.stats`` or the dataset's own
+    file). A file that cannot be found now is a DataError naming it and the ``--stats`` remedy.
     """
+    from cromss.data.run_stats import recorded_stats, stats_file
     from cromss.transforms import ClipNormalize
 
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
@@ -522,13 +531,18 @@ def run_normalizers(config: Mapping[str, Any], bands: Mapping[str, tuple[str, ..
                         f"(it reads {list(bands)})")
     out = {}
     for modality, names in bands.items():
+        recorded = None if run_dir is None else recorded_stats(run_dir, modality)
         if modality in overrides:
-            path, key = overrides[modality], "--stats"
-        elif data.get("kind") == "generic":
-            path, key = _generic_stats_path(data, modality, source)
+            path, key = Path(overrides[modality]), "--stats"
+        elif recorded is not None:
+            path, key = recorded, "the run's copy"
         else:
-            path, key = data.get(f"{modality}_stats"), f"data.{modality}_stats"
-        if path is not None and not Path(path).is_file():
+            try:
+                path, key = stats_file(data, modality)
+            except DataError as err:
+                raise DataError(f"{source} normalised {modality} with the statistics of its dataset, which are "
+                                f"not found now ({err}); give the same file with --stats {modality}=FILE") from None
+        if path is not None and not path.is_file():
             raise DataError(
                 f"{source} normalised {modality} with the band statistics {path} ({key}), which are not found "
                 f"now; give the same file with --stats {modality}=FILE"
@@ -558,26 +572,6 @@ def run_nodata_rules(config: Mapping[str, Any], modalities: list[str]) -> dict[s
         else:
             out[m] = NodataRule(rule="any" if m == "s1" else "all")
     return out
-
-
-def _generic_stats_path(data: Mapping[str, Any], modality: str, source: str) -> tuple[str | Path, str]:
-    from cromss.data.description import STATS_DIR, load_description
-
-    explicit = (data.get("stats") or {}).get(modality)
-    if explicit is not None:
-        return explicit, f"data.stats.{modality}"
-    root = data.get("root")
-    default = Path(str(root)) / STATS_DIR / f"{modality}_stats.json"
-    try:
-        found = load_description(root).stats_path(modality)
-    except DataError:
-        found = None
-    if found is None:
-        raise DataError(
-            f"{source} normalised {modality} with the band statistics of its dataset {root} (data.stats.{modality} "
-            f"or {default}), which are not found now; give the same file with --stats {modality}=FILE"
-        )
-    return found, f"the statistics of dataset {root}"
 
 
 def _generic_classes(num_classes: int) -> ClassTable:

@@ -92,7 +92,7 @@ def test_moved_statistics_error_is_one_line(tmp_path, capsys):
                                         r"file with --stats s2=FILE"):
         run_normalizers(config, {"s2": tuple(S2_NAMES)}, source="run R")
     config = {"data": {"kind": "generic", "root": str(tmp_path / "nowhere")}}
-    with pytest.raises(DataError, match=r"statistics of its dataset .*nowhere.*s1_stats.json"):
+    with pytest.raises(DataError, match=r"statistics of its dataset, which are not found now .*nowhere.*s1_stats.json"):
         run_normalizers(config, {"s1": ("VV", "VH")})
 
 
@@ -166,16 +166,39 @@ def test_generic_run_predict_equals_the_dataset_path_and_maps_a_folder(chip_run,
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["t14.tif", "t15.tif"]
     np.testing.assert_array_equal(_read_map(tmp_path / "maps" / "t15.tif")[0], labels)
 
-    stats = root / "stats" / "s2_stats.json"
+    # the run copied the statistics it used when it started: predict still works when the dataset's moved
+    stats, copy = root / "stats" / "s2_stats.json", run / "band_stats" / "s2_stats.json"
+    assert copy.read_text() == stats.read_text()
     moved = stats.rename(tmp_path / "s2_stats.json")
+    hidden = copy.rename(tmp_path / "run_copy.json")
     try:
-        assert _predict("--checkpoint", run, "--input", f"s2={root / 's2' / 't15.tif'}", "--modality", "s2",
-                        "--out", tmp_path / "x.tif") == 2
-        assert _predict("--checkpoint", run, "--input", f"s2={root / 's2' / 't15.tif'}", "--modality", "s2",
-                        "--stats", f"s2={moved}", "--out", tmp_path / "y.tif", "--tile", 128, "--overlap", 0) == 0
+        tile = f"s2={root / 's2' / 't15.tif'}"
+        assert _predict("--checkpoint", run, "--input", tile, "--modality", "s2", "--out", tmp_path / "x.tif") == 2
+        assert not (tmp_path / "x.tif").exists()
+        assert _predict("--checkpoint", run, "--input", tile, "--modality", "s2", "--stats", f"s2={moved}",
+                        "--out", tmp_path / "y.tif", "--tile", 128, "--overlap", 0) == 0
         np.testing.assert_array_equal(_read_map(tmp_path / "y.tif")[0], labels)
+        hidden.rename(copy)
+        assert _predict("--checkpoint", run / "checkpoints" / "last.ckpt", "--input", tile, "--modality", "s2",
+                        "--out", tmp_path / "z.tif", "--tile", 128, "--overlap", 0) == 0
+        np.testing.assert_array_equal(_read_map(tmp_path / "z.tif")[0], labels)
     finally:
         moved.rename(stats)
+        if hidden.exists():
+            hidden.rename(copy)
+
+
+def test_runs_copy_the_statistics_they_normalise_with(tmp_path):
+    from cromss.data import DataConfig
+    from cromss.data.run_stats import record_run_stats
+
+    stats = tmp_path / "mine.json"
+    stats.write_text(json.dumps({"bands": ["VV", "VH"], "mean": [-10.0, -17.0], "std": [3.0, 4.0]}))
+    written = record_run_stats(DataConfig(kind="dw", root=str(tmp_path), s1_stats=str(stats)), tmp_path / "run")
+    assert written == [tmp_path / "run" / "band_stats" / "s1_stats.json"]
+    assert json.loads(written[0].read_text())["mean"] == [-10.0, -17.0]
+    # the packaged statistics (no file) are not copied
+    assert record_run_stats(DataConfig(kind="dw", root=str(tmp_path)), tmp_path / "run2") == []
 
 
 def test_scene_folder_with_subfolders_of_band_and_modality_files(tmp_path):

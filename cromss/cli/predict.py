@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         net_bands,
         predict_scene,
         predict_scenes,
+        run_folder_of,
         run_nodata_rules,
         run_normalizers,
         scene_modalities,
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     used = scene_modalities(net, args.modality, None if args.scenes is not None else direct | set(inputs))
     stats = dict(_pairs(args.stats, "--stats"))
     normalizers = run_normalizers(config, {m: net_bands(net, m) for m in used}, stats,
-                                  source=f"run {args.checkpoint}")
+                                  source=f"run {args.checkpoint}", run_dir=run_folder_of(args.checkpoint))
     options = dict(tile=args.tile, overlap=args.overlap, probability_dtype=args.probability_dtype,
                    nodata=args.nodata, classes=classes, device=args.device, normalizers=normalizers,
                    nodata_rules=run_nodata_rules(config, used))
