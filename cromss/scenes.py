@@ -12,7 +12,8 @@ A modality of a scene is given as
 * an explicit **band -> file** mapping (``--band B8A=path``).
 
 All files of all modalities of a scene are read on ONE target grid: the grid (CRS, transform, size) of the
-file with the finest pixels (the first such file in model band order on a tie). Files on another grid
+file with the finest pixels (the first such file in model band order on a tie; when the files are in
+several CRSs, the finest among those in the CRS of the first file). Files on another grid
 (coarser, shifted or in another CRS) are resampled onto it with bilinear interpolation through a
 :class:`rasterio.vrt.WarpedVRT`, window by window; files already on the target grid are read as they are.
 """
@@ -267,7 +268,9 @@ def open_scene(specs: Mapping[str, ModalitySpec], bands: Mapping[str, Sequence[s
             if grid.crs is None or grid.transform.is_identity:
                 raise DataError(f"input {f.path} has no georeference (CRS and transform); predict needs them "
                                 "to put every band on one grid and to georeference the map")
-        target = min(grids, key=lambda g: g.pixel_area)  # min() keeps the first of equal areas
+        # pixel sizes compare only within one CRS: the finest grid in the CRS of the first file
+        same_crs = [g for g in grids if g.crs == grids[0].crs]
+        target = min(same_crs, key=lambda g: g.pixel_area)  # min() keeps the first of equal areas
         resampled = []
         for f, grid in zip(all_files, grids, strict=True):
             if grid == target:

@@ -217,3 +217,23 @@ def test_cli_band_files_given_one_by_one(tmp_path):
         assert (out.width, out.height) == (64, 64) and out.transform == from_origin(600000, 5000000, 10, 10)
         labels = out.read(1)
     assert (labels < 9).all()
+
+
+def test_files_in_another_crs_are_reprojected_onto_the_first_files_grid(tmp_path):
+    """Pixel sizes in degrees and metres do not compare: the finest grid in the first file's CRS wins."""
+    from rasterio.warp import transform_bounds
+
+    write_tif(tmp_path / "a_R.tif", np.full((16, 16), 7, np.uint16), from_origin(500000, 4000000, 10, 10),
+              crs="EPSG:32632")
+    west, south, east, north = transform_bounds("EPSG:32632", "EPSG:4326", 499900, 3999740, 500260, 4000100)
+    step = 0.0005  # degrees: a 'tiny' number next to 10 m, yet ~50 m
+    cols, rows = int((east - west) / step) + 1, int((north - south) / step) + 1
+    write_tif(tmp_path / "a_N.tif", np.full((rows, cols), 9, np.uint16), from_origin(west, north, step, step),
+              crs="EPSG:4326")
+    scene = open_scene({"m": tmp_path}, {"m": ["R", "N"]})
+    try:
+        assert str(scene.grid.crs) == "EPSG:32632" and (scene.grid.width, scene.grid.height) == (16, 16)
+        raw, invalid = scene.read("m", 0, 0, 16, 16)
+    finally:
+        scene.close()
+    assert not invalid.any() and (raw[0] == 7).all() and np.allclose(raw[1], 9)
