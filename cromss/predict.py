@@ -8,21 +8,31 @@ memory: rows no later tile can touch are flushed to the output at once. Memory i
 the tile height times the scene width, never by the scene area.
 
 :func:`sliding_window_predict` is the file-free core; :func:`predict_scene` adds GeoTIFF reading
-(rasterio windows), normalisation (:class:`cromss.transforms.ClipNormalize`), nodata handling and
-GeoTIFF writing (uint8 class map with the Dynamic World colour table, optional probabilities).
+(:mod:`cromss.scenes`: stack files or one file per band, resampled onto the finest grid), normalisation
+with the run's statistics (:mod:`cromss.predictor`), nodata handling and GeoTIFF writing (uint8 class map
+with the run's colour table, optional probabilities); :func:`predict_scenes` maps a folder of scenes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cromss.errors import DataError
-from cromss.schema import DW_CLASSES, IGNORE_INDEX, S2_9BAND_INDICES, ClassTable
+from cromss.predictor import (  # noqa: F401  (re-exported: the predict API of cromss.predict)
+    _generic_classes,
+    load_predictor,
+    run_class_table,
+    run_folder_of,
+    run_nodata_rules,
+    run_normalizers,
+)
+from cromss.scenes import ModalitySpec, Scene, open_scene
+from cromss.schema import DW_CLASSES, IGNORE_INDEX, ClassTable, modality_bands
 
 #: Class value written where the input is nodata (also the GeoTIFF nodata value of the class map).
 NODATA_CLASS: int = IGNORE_INDEX
@@ -131,72 +141,6 @@ def sliding_window_predict(model_fn: ModelFn, read_window: ReadWindow, height: i
 
 
 # ============================================================================ GeoTIFF glue
-@dataclass
-class SceneInput:
-    """One modality's GeoTIFF opened for windowed reading."""
-
-    modality: str
-    path: Path
-    dataset: Any  # rasterio DatasetReader
-    band_indexes: list[int]  # 1-based bands to read, in model order
-    nodata: float | None
-    normalize: Any  # ClipNormalize
-
-
-def _open_input(modality: str, path: str | Path, num_bands: int, nodata: float | None) -> SceneInput:
-    import rasterio
-
-    from cromss.transforms import ClipNormalize
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{modality.upper()} input file not found: {path}")
-    try:
-        dataset = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as err:
-        raise DataError(f"cannot read {modality.upper()} GeoTIFF {path}: {err}") from None
-    count = dataset.count
-    if count == num_bands:
-        indexes = list(range(1, count + 1))
-    elif modality == "s2" and count == 13 and num_bands == 9:
-        indexes = [i + 1 for i in S2_9BAND_INDICES]  # the model's 9 bands out of the 13 L1C bands
-    else:
-        dataset.close()
-        expected = "2 (VV, VH)" if modality == "s1" else "13 (B1..B12 with B8A, B10) or 9"
-        raise DataError(f"{modality.upper()} file {path} has {count} bands; the model needs {num_bands} "
-                        f"(file with {expected} bands)")
-    file_nodata = dataset.nodata if nodata is None else nodata
-    return SceneInput(modality, path, dataset, indexes, file_nodata,
-                      ClipNormalize.for_modality(modality, num_bands))
-
-
-def _check_same_grid(inputs: list[SceneInput]) -> None:
-    first = inputs[0].dataset
-    for other in inputs[1:]:
-        ds = other.dataset
-        if (ds.width, ds.height) != (first.width, first.height) or ds.transform != first.transform \
-                or ds.crs != first.crs:
-            raise DataError(
-                f"{inputs[0].path} ({first.width}x{first.height}, {first.crs}) and {other.path} "
-                f"({ds.width}x{ds.height}, {ds.crs}) are not on the same pixel grid; resample one first"
-            )
-
-
-def _read(scene: SceneInput, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised float32 ``[C, h, w]`` (invalid pixels 0) and valid mask ``[h, w]``."""
-    import torch
-    from rasterio.windows import Window
-
-    raw = scene.dataset.read(scene.band_indexes, window=Window(col, row, width, height), out_dtype="float32")
-    bad = ~np.isfinite(raw)
-    if scene.nodata is not None and np.isfinite(scene.nodata):
-        bad |= raw == np.float32(scene.nodata)
-    valid = ~bad.any(axis=0)
-    x = scene.normalize(torch.from_numpy(raw)).numpy()
-    x[:, ~valid] = 0.0  # as the datasets do: invalid input pixels are 0
-    return x, valid
-
-
 def colormap(classes: ClassTable = DW_CLASSES) -> dict[int, tuple[int, int, int, int]]:
     """GeoTIFF colour table: class id -> RGBA from the class table; nodata transparent black."""
     table = {}
@@ -210,13 +154,14 @@ def colormap(classes: ClassTable = DW_CLASSES) -> dict[int, tuple[int, int, int,
 def make_model_fn(net: Any, modality: str, device: str = "cpu") -> ModelFn:
     """Tile inputs ``{modality: [C, h, w]}`` -> softmax probabilities ``[K, h, w]`` of one U-Net.
 
-    ``modality`` is ``'s1'``, ``'s2'`` or ``'mean'`` (average of both modalities' probabilities).
-    Tiles whose sides are not multiples of 32 are reflection-padded for the U-Net and cropped back.
+    ``modality`` is one of the model's modalities or ``'mean'`` (average of all its modalities'
+    probabilities). Tiles whose sides are not multiples of 32 are reflection-padded for the U-Net and
+    cropped back.
     """
     import torch
     import torch.nn.functional as F
 
-    used = ["s1", "s2"] if modality == "mean" else [modality]
+    used = list(net.modalities) if modality == "mean" else [modality]
     net = net.to(device).eval()
 
     @torch.no_grad()
@@ -236,56 +181,89 @@ def make_model_fn(net: Any, modality: str, device: str = "cpu") -> ModelFn:
     return model_fn
 
 
+def net_bands(net: Any, modality: str) -> tuple[str, ...]:
+    """The band names ``net`` reads for ``modality``: ``cfg.band_names``, else the S1 / S2 tables."""
+    names = getattr(net.cfg, "band_names", None)
+    if names is not None:
+        return tuple(names(modality))
+    return modality_bands(modality, int(net.cfg.in_channels(modality)))
+
+
+def default_normalizers(bands: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """The packaged SSL4EO-S12 statistics for S1 / S2 bands (models without a run config)."""
+    from cromss.transforms import ClipNormalize
+
+    return {m: ClipNormalize.for_bands(m, names, None) for m, names in bands.items()}
+
+
 def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: str | Path | None = None,
                   modality: str | None = None, tile: int = 256, overlap: int = 64,
                   probabilities: str | Path | None = None, probability_dtype: str = "float32",
                   nodata: float | None = None, classes: ClassTable = DW_CLASSES, device: str = "cpu",
-                  cache_mb: int = 64) -> dict[str, Any]:
+                  cache_mb: int = 64, inputs: Mapping[str, ModalitySpec] | None = None,
+                  normalizers: Mapping[str, Any] | None = None,
+                  nodata_rules: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Predict a class map GeoTIFF for a scene with U-Net ``modality`` of ``net`` (a ``CromSSNet``).
 
     Args:
         net: model with ``forward_modality(modality, x)``, ``modalities`` and ``cfg`` (ModelConfig).
-        out: output class map (uint8, nodata 255, colour table, CRS/transform of the input).
-        s1, s2: input GeoTIFFs (raw dB / L1C DN values) on the same grid.
-        modality: ``'s1'``, ``'s2'``, ``'mean'``; default: ``'s2'`` if an S2 file and S2 U-Net exist,
-            else ``'s1'``.
+        out: output class map (uint8, nodata 255, colour table, on the scene's target grid).
+        s1, s2: shorthands for ``inputs={'s1': s1, 's2': s2}``.
+        inputs: modality -> RAW input: a stack file, a folder of band files or band name -> file, at any
+            resolution (:mod:`cromss.scenes`: band order checked by name, everything resampled onto the
+            finest input grid, which is the grid of the map).
+        modality: a modality of the model or ``'mean'`` (average of all its modalities); default:
+            ``'s2'`` if given and the model has it, else the first model modality with an input.
         tile, overlap: sliding window size and overlap in pixels.
         probabilities: optional per-class probability GeoTIFF (one band per class).
         probability_dtype: ``'float32'`` (0..1, nodata NaN) or ``'uint8'`` (percent 0..100, nodata 255).
         nodata: input nodata value overriding the files' own (NaN is always nodata).
+        classes: class names and colours of the map's colour table and tags.
         device: torch device.
         cache_mb: GDAL block cache for the writes (keeps memory bounded on huge scenes).
+        normalizers: modality -> ClipNormalize of the run (:func:`run_normalizers`); default: the packaged
+            SSL4EO-S12 statistics (S1 / S2 only).
+        nodata_rules: modality -> :class:`cromss.data.description.NodataRule` of the run
+            (:func:`run_nodata_rules`: its value replaces the file's nodata, ``nodata`` wins over both);
+            default: the built-in datasets' rules (S1: nodata in any band, others: in all bands).
 
     Returns:
-        Summary: size, modality, tiles, class pixel counts.
+        Summary: size, grid, modality, tiles, class pixel counts, resampled files, band checks.
     """
     import rasterio
 
-    paths = {"s1": s1, "s2": s2}
-    model_modalities = list(getattr(net, "modalities", ()))
+    specs: dict[str, ModalitySpec] = dict(inputs or {})
+    for name, path in (("s1", s1), ("s2", s2)):
+        if path is not None:
+            if name in specs:
+                raise DataError(f"two inputs for modality {name}: --{name} and --input {name}=...")
+            specs[name] = path
+    used = scene_modalities(net, modality, set(specs))
     if modality is None:
-        modality = "s2" if s2 is not None and "s2" in model_modalities else "s1"
-    if modality not in ("s1", "s2", "mean"):
-        raise DataError(f"--modality must be s1, s2 or mean, got {modality!r}")
-    used = ["s1", "s2"] if modality == "mean" else [modality]
+        modality = used[0]
     for m in used:
-        if m not in model_modalities:
-            raise DataError(f"the model has no {m.upper()} U-Net (it has {model_modalities}); "
-                            f"choose --modality {' or '.join(model_modalities)}")
-        if paths[m] is None:
-            raise DataError(f"--modality {modality} needs the --{m} GeoTIFF")
+        if m not in specs:
+            raise DataError(f"--modality {modality} needs the {m} input (--input {m}=PATH, --band {m}:BAND=PATH"
+                            + (f" or --{m} PATH)" if m in ("s1", "s2") else ")"))
     if probability_dtype not in ("float32", "uint8"):
         raise DataError(f"probability dtype must be float32 or uint8, got {probability_dtype!r}")
     num_classes = int(net.cfg.num_classes)
     if num_classes > len(classes):
         classes = _generic_classes(num_classes)
-    scenes = [_open_input(m, paths[m], int(net.cfg.in_channels(m)), nodata) for m in used]
+    bands = {m: net_bands(net, m) for m in used}
+    normalizers = dict(normalizers) if normalizers is not None else default_normalizers(bands)
+    for m in used:
+        if m not in normalizers or normalizers[m].num_bands != len(bands[m]):
+            raise DataError(f"no band statistics for the {len(bands[m])} {m} bands of the model")
+    rules = dict(nodata_rules or {})
+    values = {m: nodata if nodata is not None else getattr(rules.get(m), "value", None) for m in used}
+    any_band = {m: rules[m].rule == "any" if m in rules else m == "s1" for m in used}
+    scene = open_scene({m: specs[m] for m in used}, bands, values, any_band)
     try:
-        _check_same_grid(scenes)
-        ref = scenes[0].dataset
-        height, width = ref.height, ref.width
+        grid = scene.grid
+        height, width = grid.height, grid.width
         profile = {
-            "driver": "GTiff", "width": width, "height": height, "crs": ref.crs, "transform": ref.transform,
+            "driver": "GTiff", "width": width, "height": height, "crs": grid.crs, "transform": grid.transform,
             "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
         }
         counts = np.zeros(num_classes, np.int64)
@@ -297,7 +275,8 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
             try:
                 dst.write_colormap(1, colormap(classes))
                 dst.set_band_description(1, "class")
-                dst.update_tags(classes=",".join(classes.names[:num_classes]), modality=modality)
+                dst.update_tags(classes=",".join(classes.names[:num_classes]), modality=modality,
+                                class_colors=",".join(classes.colors[:num_classes]))
                 if probabilities is not None:
                     Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
                     prob_nodata = float("nan") if probability_dtype == "float32" else NODATA_PROB_UINT8
@@ -307,11 +286,7 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
                         prob_dst.set_band_description(index + 1, classes.names[index])
 
                 def read_window(row: int, col: int, h: int, w: int) -> tuple[dict, np.ndarray]:
-                    inputs, valid = {}, np.ones((h, w), bool)
-                    for scene in scenes:
-                        inputs[scene.modality], scene_valid = _read(scene, row, col, h, w)
-                        valid &= scene_valid
-                    return inputs, valid
+                    return _read_window(scene, normalizers, row, col, h, w)
 
                 def write_block(row: int, probs: np.ndarray, valid: np.ndarray) -> None:
                     from rasterio.windows import Window
@@ -337,74 +312,110 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
                 if prob_dst is not None:
                     prob_dst.close()
     finally:
-        for scene in scenes:
-            scene.dataset.close()
+        scene.close()
     return {"out": str(out), "height": height, "width": width, "modality": modality, "tile": tile,
-            "overlap": overlap, "class_pixels": {classes.names[i]: int(counts[i]) for i in range(num_classes)}}
+            "overlap": overlap, "class_pixels": {classes.names[i]: int(counts[i]) for i in range(num_classes)},
+            "crs": str(grid.crs), "transform": list(grid.transform)[:6], "resampled": scene.resampled,
+            "band_check": {m: scene.inputs[m].band_check for m in used}}
 
 
-# ============================================================================ models
-class _FinetunedNet:
-    """Adapter giving a fine-tuned smp model (cromss.transfer) the ``forward_modality`` interface."""
+def _read_window(scene: Scene, normalizers: Mapping[str, Any], row: int, col: int, h: int,
+                 w: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Normalised float32 ``[C, h, w]`` per modality and the valid mask, as the datasets make them.
 
-    def __init__(self, module: Any, cfg: Any) -> None:
-        from types import SimpleNamespace
-
-        self.module = module
-        self.modalities = [cfg.modality]
-        self.cfg = SimpleNamespace(num_classes=cfg.classes, in_channels=lambda m: cfg.in_channels)
-
-    def to(self, device: str) -> _FinetunedNet:
-        self.module.to(device)
-        return self
-
-    def eval(self) -> _FinetunedNet:
-        self.module.eval()
-        return self
-
-    def forward_modality(self, modality: str, x: Any) -> Any:
-        return self.module(x)
-
-
-def load_predictor(checkpoint: str | Path) -> tuple[Any, ClassTable, str, dict[str, Any]]:
-    """A model for :func:`predict_scene`, its class table, its kind (``'pretrain'``/``'finetune'``)
-    and its resolved config dict (for a fine-tuning run, ``data.modalities`` is its one modality).
-
-    Tries, in order: a pretraining run folder / checkpoint or an official CromSS checkpoint
-    (:func:`cromss.weights.load_cromss_net`; each modality's U-Net can map), then a fine-tuning
-    run folder / checkpoint (:func:`cromss.transfer.load_run`; its one modality and class table).
+    A pixel invalid in any modality is invalid in all of them, and invalid input pixels are 0.
     """
-    from cromss.errors import CheckpointError, ConfigError
-    from cromss.weights import load_cromss_net
+    import torch
 
-    path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint or run folder not found: {path}")
-    try:
-        net, config = load_cromss_net(path)
-        return net, DW_CLASSES if net.cfg.num_classes == len(DW_CLASSES) else _generic_classes(
-            net.cfg.num_classes), "pretrain", config
-    except CheckpointError as pretrain_err:
-        try:
-            from cromss.schema import CLASS_TABLES
-            from cromss.transfer import load_run
-
-            module, cfg, _ = load_run(path)
-        except (CheckpointError, ConfigError) as finetune_err:
-            raise CheckpointError(f"{path} is neither a pretraining checkpoint ({pretrain_err}) nor a "
-                                  f"fine-tuning checkpoint ({finetune_err})") from None
-        table = CLASS_TABLES.get(cfg.data.kind)
-        if table is None or len(table) != cfg.classes:
-            table = _generic_classes(cfg.classes)
-        from cromss.config import to_dict
-
-        config = to_dict(cfg)
-        config["data"]["modalities"] = [cfg.modality]
-        config["data"]["s2_bands"] = cfg.s2_bands
-        return _FinetunedNet(module, cfg), table, "finetune", config
+    inputs, valid = {}, np.ones((h, w), bool)
+    for m in scene.inputs:
+        raw, invalid = scene.read(m, row, col, h, w)
+        inputs[m] = normalizers[m](torch.from_numpy(raw)).numpy()
+        valid &= ~invalid
+    for x in inputs.values():
+        x[:, ~valid] = 0.0
+    return inputs, valid
 
 
-def _generic_classes(num_classes: int) -> ClassTable:
-    colors = DW_CLASSES.colors
-    return ClassTable("classes", tuple(f"class_{i}" for i in range(num_classes)),
-                      tuple(colors[i % len(colors)] for i in range(num_classes)))
+# ============================================================================ folders of scenes
+def scene_modalities(net: Any, modality: str | None, given: Any = None) -> list[str]:
+    """The modalities a prediction with ``modality`` (a model modality, ``'mean'`` or None) reads.
+
+    ``None`` picks ``s2`` if the model has it (and, when ``given`` names the modalities with an input,
+    it is given), else the model's first (given) modality.
+    """
+    model_modalities = list(getattr(net, "modalities", ()))
+    if modality is not None and modality != "mean" and modality not in model_modalities:
+        raise DataError(f"the model has no {modality} U-Net (it has {model_modalities}); choose --modality "
+                        f"{' or '.join([*model_modalities, 'mean'])}")
+    if modality == "mean":
+        return model_modalities
+    if modality is not None:
+        return [modality]
+    candidates = [m for m in model_modalities if given is None or m in given]
+    if not candidates:
+        raise DataError(f"no input for any modality of the model (it reads {model_modalities}); "
+                        f"inputs given: {sorted(given) or 'none'}")
+    return ["s2"] if "s2" in candidates else candidates[:1]
+
+
+def find_scenes(folder: str | Path, bands: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, ModalitySpec]]:
+    """Scene name -> inputs of the scenes of ``folder``: one scene per subfolder, or per raster file when
+    one modality is read.
+
+    In a scene subfolder a modality is its band files (matched by band name, :func:`cromss.scenes.match_band_files`),
+    else the one raster file whose name holds the modality name as a token (``s2.tif``, ``scene_s1.tif``).
+    """
+    from cromss.scenes import is_raster, match_band_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--scenes folder not found: {folder}")
+    scenes: dict[str, dict[str, ModalitySpec]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            name, specs = entry.name, {}
+            for m, names in bands.items():
+                try:
+                    match_band_files(entry, names, m)
+                    specs[m] = entry
+                except DataError as band_err:
+                    stacks = [p for p in sorted(entry.iterdir()) if is_raster(p)
+                              and m.lower() in re.split(r"[_\-.\s]+", p.stem.lower())]
+                    if len(stacks) != 1:
+                        raise DataError(
+                            f"scene {entry}: no {m} input: no single stack file named by the modality (e.g. "
+                            f"{m}.tif; found {len(stacks)}) and not one file per band ({band_err})"
+                        ) from None
+                    specs[m] = stacks[0]
+        elif is_raster(entry):
+            if len(bands) != 1:
+                raise DataError(f"scene file {entry}: the prediction reads {list(bands)}; put the files of each "
+                                "scene in a subfolder of --scenes")
+            name, specs = entry.stem, {next(iter(bands)): entry}
+        else:
+            continue
+        if name in scenes:
+            raise DataError(f"--scenes {folder}: two scenes named {name!r} (their maps would share a file name)")
+        scenes[name] = specs
+    if not scenes:
+        raise DataError(f"--scenes {folder} holds no scene (a subfolder per scene, or raster files)")
+    return scenes
+
+
+def predict_scenes(net: Any, scenes: str | Path, out_dir: str | Path, probabilities_dir: str | Path | None = None,
+                   modality: str | None = None, **options: Any) -> list[dict[str, Any]]:
+    """:func:`predict_scene` for every scene of folder ``scenes`` (:func:`find_scenes`): the map of scene
+    ``NAME`` is ``out_dir/NAME.tif`` (probabilities ``probabilities_dir/NAME.tif``)."""
+    used = scene_modalities(net, modality)
+    found = find_scenes(scenes, {m: net_bands(net, m) for m in used})
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(scenes).resolve():
+        raise DataError(f"--out {out_dir} is the --scenes folder; write the maps to another folder")
+    summaries = []
+    for name, specs in found.items():
+        probs = None if probabilities_dir is None else Path(probabilities_dir) / f"{name}.tif"
+        summary = predict_scene(net, out_dir / f"{name}.tif", inputs=specs, modality=modality,
+                                probabilities=probs, **options)
+        summaries.append({"scene": name, **summary})
+    return summaries

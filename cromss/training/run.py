@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cromss.config import dump_config, read_yaml, to_dict
+from cromss.data.run_stats import record_run_stats
 from cromss.errors import ConfigError, CromssError
 from cromss.training.config import PretrainConfig
 
@@ -146,6 +147,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             if changes:
                 print(f"cromss pretrain --resume: config differs from {saved}: " + "; ".join(changes))
         dump_config(cfg, saved)
+        record_run_stats(cfg.data, run_dir)  # the statistics it normalises with, for predict
         if resume and (run_dir / "metrics.csv").is_file():
             previous_rows = _read_csv(run_dir / "metrics.csv")
     return _fit(cfg, resume, run_dir, last, previous_rows)

@@ -10,6 +10,7 @@ from typing import Any
 
 from cromss.checkpoints import safe_torch_load
 from cromss.config import dump_config
+from cromss.data.run_stats import record_run_stats
 from cromss.schema import CLASS_TABLES
 from cromss.transfer.config import FinetuneConfig, resolved_data_config
 from cromss.transfer.module import build_module, evaluate_model
@@ -38,6 +39,7 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
     for stale in (run_dir / "checkpoints").glob("*.ckpt"):
         stale.unlink()
     dump_config(run_cfg, run_dir / "config.yaml")
+    record_run_stats(run_cfg.data, run_dir)  # the statistics it normalises with, for predict
 
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = CromSSDataModule(run_cfg.data)
