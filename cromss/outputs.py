@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cromss.errors import OutputError
 
-__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "os_error_in", "output_error", "prepare_output_dir",
+__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "os_error_cause", "os_error_in", "output_error", "prepare_output_dir",
            "refuse_existing", "shared_file_mode", "writing"]
 
 #: Suffix of the temporary file written before the rename.
@@ -48,14 +48,18 @@ def shared_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def os_error_cause(err: OSError) -> str:
+    """Plain-words cause of ``err`` (with the OS text), e.g. 'no space left on the device'."""
+    cause = _CAUSES.get(err.errno or -1)
+    text = err.strerror or (str(err).splitlines() or [""])[0] or type(err).__name__
+    if cause is None:
+        return text
+    return cause if text.lower() in cause.lower() else f"{cause}: {text}"
+
+
 def output_error(err: OSError, path: str | Path, what: str = "output") -> OutputError:
     """One-line :class:`OutputError` for ``err`` raised while writing ``what`` at ``path``."""
-    cause = _CAUSES.get(err.errno or -1)
-    text = err.strerror or str(err) or type(err).__name__
-    if cause is None:
-        cause = text
-    elif text.lower() not in cause.lower():
-        cause = f"{cause}: {text}"
+    cause = os_error_cause(err)
     where = Path(err.filename) if getattr(err, "filename", None) else Path(path)
     if str(where).endswith(TEMP_SUFFIX):  # the user knows the real name, not our temporary one
         where = Path(str(where)[: -len(TEMP_SUFFIX)])
