@@ -277,3 +277,14 @@ def test_current_rows_drops_rows_a_later_launch_redid():
             {"epoch": "2", "launch": "2", "v": "e"}, {"epoch": "", "launch": "0", "v": "f"}]
     assert [r["v"] for r in current_rows(rows)] == ["a", "c", "e", "f"]
     assert current_rows([{"epoch": "0", "v": "x"}]) == [{"epoch": "0", "v": "x"}]  # files before the column
+
+
+def test_report_reads_only_current_rows(tmp_path):
+    from cromss.report import per_epoch, read_metrics_csv
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,launch,step,val/loss\n0,0,1,0.9\n1,0,3,0.8\n1,1,3,0.5\n2,1,5,0.4\n")
+    series = read_metrics_csv(path)
+    assert "launch" not in series
+    # epoch 1 of launch 0 (logged after the last checkpoint, then killed) is replaced by launch 1's
+    assert per_epoch(series["val/loss"]) == ([0.0, 1.0, 2.0], [0.9, 0.5, 0.4])
