@@ -228,7 +228,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], int | No
     Lightning ``.ckpt`` (read with ``weights_only=True``), a plain ``.pt``/``.pth`` state dict or a
     ``.safetensors`` file. A leading ``net.`` (Lightning module attribute) is removed from the keys.
     """
-    path = Path(path)
+    from cromss.fetch import resolve_weights  # a published name (cromss/13b-midf) -> its cached file
+
+    path = Path(resolve_weights(path))
     if path.is_dir():
         from cromss.weights import find_run_checkpoint
 

@@ -131,7 +131,7 @@ def _tiles_by_name(root: Path, what: str) -> dict[str, Path]:
     if not root.is_dir():
         raise DataError(f"{what} folder not found: {root}")
     # same pairing rule as the tile reader: prefixes dw_/osm_/label_/... are dropped from the stem
-    from cromss.data.datasets import _tile_key
+    from cromss.data.layouts import _tile_key
 
     tiles: dict[str, Path] = {}
     for path in sorted(root.rglob("*.tif")) + sorted(root.rglob("*.tiff")):

@@ -44,42 +44,66 @@ class ModelConfig:
 
     ``encoder`` is any smp encoder name (``resnet50`` as the paper; ``resnet18`` for quick tests),
     ``fusion`` one of ``mid`` | ``late`` | ``single``; ``single`` takes exactly one modality.
+    ``modalities`` / ``num_classes`` None = taken from the data when a run resolves its config (the paper's
+    ['s1', 's2'] and 9 Dynamic World classes for a model built on its own). ``bands``: band names per
+    modality (any sensor); None = the Sentinel-1 (VV, VH) and Sentinel-2 (13 or 9, ``s2_bands``) tables.
     """
 
     encoder: str = "resnet50"
     fusion: str = "mid"
-    modalities: list[str] = field(default_factory=lambda: ["s1", "s2"])
+    modalities: list[str] | None = None
     s2_bands: int = 13
-    num_classes: int = DW_CLASSES.num_classes
+    num_classes: int | None = None
+    bands: dict[str, list[str]] | None = None
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     head_kernel: int = 3
     channels_last: bool = False
+
+    def modality_list(self) -> list[str]:
+        """The modalities; the paper's ['s1', 's2'] when unresolved."""
+        return list(self.modalities) if self.modalities is not None else list(MODALITIES)
+
+    def class_count(self) -> int:
+        """The number of classes; the 9 Dynamic World classes when unresolved."""
+        return self.num_classes if self.num_classes is not None else DW_CLASSES.num_classes
+
+    def filled(self) -> ModelConfig:
+        """A copy with ``modalities`` and ``num_classes`` made concrete (defaults where unresolved)."""
+        from dataclasses import replace
+
+        return replace(self, modalities=self.modality_list(), num_classes=self.class_count())
 
     def validate(self) -> None:
         """Raise ConfigError naming the ``model.*`` key of an impossible value."""
         if self.fusion not in FUSIONS:
             raise ConfigError(f"config key 'model.fusion': {self.fusion!r} is not one of {list(FUSIONS)}")
-        unknown = [m for m in self.modalities if m not in MODALITIES]
+        modalities = self.modality_list()
+        unknown = [m for m in modalities if m not in MODALITIES and m not in (self.bands or {})]
         if unknown:
             raise ConfigError(
-                f"config key 'model.modalities': unknown modality {unknown[0]!r} (expected 's1' and/or 's2')"
+                f"config key 'model.modalities': unknown modality {unknown[0]!r} (expected 's1' and/or 's2', "
+                "or a modality named in model.bands)"
             )
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ConfigError(f"config key 'model.modalities': duplicate entries in {self.modalities}")
-        if self.fusion == "single" and len(self.modalities) != 1:
+        if len(set(modalities)) != len(modalities):
+            raise ConfigError(f"config key 'model.modalities': duplicate entries in {modalities}")
+        if self.fusion == "single" and len(modalities) != 1:
             raise ConfigError(
                 f"config key 'model.modalities': fusion 'single' needs exactly one modality, "
-                f"got {self.modalities}"
+                f"got {modalities}"
             )
-        if self.fusion in ("mid", "late") and len(self.modalities) < 2:
+        if self.fusion in ("mid", "late") and len(modalities) < 2:
             raise ConfigError(
                 f"config key 'model.modalities': fusion {self.fusion!r} needs two modalities "
-                f"(['s1', 's2']), got {self.modalities}; use fusion 'single' for one"
+                f"(or more), got {modalities}; use fusion 'single' for one"
             )
+        for modality, bands in (self.bands or {}).items():
+            if not bands or len(set(bands)) != len(bands):
+                raise ConfigError(f"config key 'model.bands.{modality}': {bands!r} must list distinct band names")
         if self.s2_bands not in (13, 9):
             raise ConfigError(f"config key 'model.s2_bands': must be 13 or 9, got {self.s2_bands}")
-        if self.num_classes < 1:
-            raise ConfigError(f"config key 'model.num_classes': must be >= 1, got {self.num_classes}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= 255:
+            # class ids share uint8 label maps with the ignore value 255
+            raise ConfigError(f"config key 'model.num_classes': must be in 1..255, got {self.num_classes}")
         if len(self.decoder_channels) != ENCODER_DEPTH or any(c < 1 for c in self.decoder_channels):
             raise ConfigError(
                 f"config key 'model.decoder_channels': need {ENCODER_DEPTH} positive channel counts "
@@ -96,9 +120,15 @@ class ModelConfig:
                 "segmentation-models-pytorch (e.g. 'resnet18', 'resnet50', 'tu-convnext_tiny')"
             )
 
+    def band_names(self, modality: str) -> tuple[str, ...]:
+        """Band names of ``modality``'s input: ``bands[modality]``, else the S1 / S2 tables."""
+        if self.bands and modality in self.bands:
+            return tuple(self.bands[modality])
+        return modality_bands(modality, self.s2_bands)
+
     def in_channels(self, modality: str) -> int:
-        """Input channels of ``modality``: 2 for S1, ``s2_bands`` for S2."""
-        return len(modality_bands(modality, self.s2_bands))
+        """Input channels of ``modality``: the number of its band names."""
+        return len(self.band_names(modality))
 
 
 def is_known_encoder(name: str) -> bool:
@@ -156,6 +186,7 @@ class CromSSNet(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
+        cfg = cfg.filled()
         self.cfg = cfg
         self.fusion = cfg.fusion
         self.modalities: tuple[str, ...] = tuple(cfg.modalities)
@@ -191,7 +222,7 @@ class CromSSNet(nn.Module):
             raise DataError(f"input '{modality}' must be a tensor [B, C, H, W], got {shape}")
         expected = self.cfg.in_channels(modality)
         if x.shape[1] != expected:
-            bands = ", ".join(modality_bands(modality, self.cfg.s2_bands))
+            bands = ", ".join(self.cfg.band_names(modality))
             raise DataError(
                 f"input '{modality}' has {x.shape[1]} bands, the model expects {expected} ({bands})"
             )

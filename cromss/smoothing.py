@@ -81,6 +81,7 @@ def smooth_labels(
     mu: float,
     sigma: float = 3.0,
     ignore_index: int = 255,
+    num_timestamps: Tensor | None = None,
 ) -> Tensor:
     """Smoothed soft labels ``Z'`` of the chosen season (eqs. 13-15).
 
@@ -100,6 +101,10 @@ def smooth_labels(
         mu: weight of the spatial-temporal prior (paper: 0.15).
         sigma: std of the Gaussian in pixels (official code: 3, radius 12).
         ignore_index: label value of unlabelled pixels.
+        num_timestamps: ``[B]`` number of real timestamps of each sample when ``labels_all_seasons`` is
+            padded (locations with fewer timestamps than ``T``): ``<Z>_t`` averages the first
+            ``num_timestamps[b]`` only. None = all ``T`` are real. With one timestamp ``<Z>_t = Z`` and
+            the prior is the spatial term ``Z * G`` alone.
 
     Returns:
         ``[B, C, H, W]`` float32 soft labels on the labels' device.
@@ -144,7 +149,16 @@ def smooth_labels(
     smoothed = (1.0 - beta - mu) * current + beta / num_classes
     if mu > 0:
         # Convolution is linear: blur (Z + <Z>_t) / 2 once instead of Z and <Z>_t separately.
-        prior = gaussian_blur((current + one_hot_all.mean(dim=1)) / 2.0, sigma)
+        if num_timestamps is None:
+            temporal = one_hot_all.mean(dim=1)
+        else:
+            counts = torch.as_tensor(num_timestamps, device=labels.device).reshape(-1).long()
+            if counts.numel() != batch or bool((counts < 1).any()) or bool((counts > num_seasons).any()):
+                raise DataError(f"num_timestamps must be [B] values in 1..{num_seasons}, got {counts.tolist()}")
+            real = torch.arange(num_seasons, device=labels.device).view(1, -1) < counts.view(-1, 1)  # [B, T]
+            weights = real.to(torch.float32) / counts.view(-1, 1).to(torch.float32)
+            temporal = (one_hot_all * weights.view(batch, num_seasons, 1, 1, 1)).sum(dim=1)
+        prior = gaussian_blur((current + temporal) / 2.0, sigma)
         prior = prior / prior.sum(dim=1, keepdim=True).clamp_min(torch.finfo(prior.dtype).tiny)
         smoothed = smoothed + mu * prior
     return smoothed * current_labelled.unsqueeze(1).to(smoothed.dtype)

@@ -537,7 +537,7 @@ def location_records(dataset: Any) -> Iterator[tuple[str, dict[str, np.ndarray],
         if labels_true is not None:
             arrays["label_true"] = np.asarray(labels_true, dtype=np.uint8)
         prescaled: dict[str, bool] = {}
-        for modality in dataset.cfg.modalities:
+        for modality in dataset.modalities:
             seasons = [dataset.read_images(location, s, modality) for s in range(num_seasons)]
             arrays[modality] = [np.asarray(im.data) for im in seasons]  # one member per season
             arrays[f"{modality}_invalid"] = np.stack([im.invalid for im in seasons])
@@ -556,7 +556,7 @@ def convert_dataset(
     """
     dataset = _source_dataset(cfg, split)
     total = len(dataset.locations)
-    meta = {"kind": cfg.kind, "source": str(cfg.root), "split": split, "modalities": list(cfg.modalities),
+    meta = {"kind": cfg.kind, "source": str(cfg.root), "split": split, "modalities": cfg.modality_list(),
             "layout": RECORD_LAYOUT}
     with ShardWriter(out, shard_size, compression, meta, compresslevel) as writer:
         for i, (sample_id, arrays, record_meta) in enumerate(location_records(dataset)):

@@ -35,8 +35,8 @@ def load_band_stats(modality: str, path: str | Path | None = None) -> dict[str, 
     ``path=None`` reads the packaged SSL4EO-S12 statistics. The JSON holds ``bands`` (names),
     ``mean`` and ``std`` (one number per band, raw units: dB for S1, L1C DN for S2).
     """
-    if modality not in ("s1", "s2"):
-        raise DataError(f"unknown modality {modality!r}; expected 's1' or 's2'")
+    if path is None and modality not in ("s1", "s2"):
+        raise DataError(f"no packaged band statistics for modality {modality!r} (only 's1', 's2'); give a file")
     if path is None:
         text = resources.files("cromss.resources").joinpath(f"{modality}_stats.json").read_text()
         source = f"cromss/resources/{modality}_stats.json"
@@ -107,6 +107,19 @@ class ClipNormalize:
             raise DataError(f"band statistics {stats['source']} lack band(s) {missing} of {modality}")
         return cls([stats["mean"][index[b]] for b in wanted], [stats["std"][index[b]] for b in wanted])
 
+    @classmethod
+    def for_bands(cls, modality: str, bands: Sequence[str], stats_path: str | Path) -> ClipNormalize:
+        """The normaliser of any modality: statistics of ``bands`` picked by name from ``stats_path``."""
+        stats = load_band_stats(modality, stats_path)
+        index = {str(name): i for i, name in enumerate(stats["bands"])}
+        missing = [b for b in bands if b not in index]
+        if missing:
+            raise DataError(
+                f"band statistics {stats['source']} lack band(s) {missing} of modality {modality!r} "
+                f"(it has {list(index)})"
+            )
+        return cls([stats["mean"][index[b]] for b in bands], [stats["std"][index[b]] for b in bands])
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim not in (3, 4):
             raise DataError(f"ClipNormalize expects [C,H,W] or [B,C,H,W], got shape {tuple(x.shape)}")
@@ -139,9 +152,11 @@ class JointAugment:
         rotate_p: probability of a rotation by 90, 180 or 270 degrees (chosen uniformly).
     """
 
-    def __init__(self, crop_size: int | None = 256, flip_p: float = 0.5, rotate_p: float = 0.2) -> None:
+    def __init__(self, crop_size: int | None = 256, flip_p: float = 0.5, rotate_p: float = 0.2,
+                 image_keys: Sequence[str] = IMAGE_KEYS) -> None:
         from torchvision.transforms import v2
 
+        self.image_keys = tuple(image_keys)
         self.crop_size = crop_size
         self.flip_p = flip_p
         self.rotate_p = rotate_p
@@ -157,7 +172,7 @@ class JointAugment:
 
         out = dict(sample)
         spatial: dict[str, Any] = {}
-        for key in IMAGE_KEYS:
+        for key in self.image_keys:
             if key in out:
                 spatial[key] = tv_tensors.Image(out[key])
         for key in MASK_KEYS:
@@ -182,10 +197,10 @@ class JointAugment:
         return out
 
 
-def center_crop(sample: Mapping[str, Any], crop_size: int) -> dict[str, Any]:
+def center_crop(sample: Mapping[str, Any], crop_size: int, image_keys: Sequence[str] = IMAGE_KEYS) -> dict[str, Any]:
     """Deterministic centre crop of every image and mask of a sample (for evaluation)."""
     out = dict(sample)
-    for key in IMAGE_KEYS + MASK_KEYS:
+    for key in (*image_keys, *MASK_KEYS):
         if key in out:
             height, width = out[key].shape[-2:]
             top, left = max(0, (height - crop_size) // 2), max(0, (width - crop_size) // 2)

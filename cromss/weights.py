@@ -171,7 +171,9 @@ def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | N
 
 def _read_source(source: str | Path) -> tuple[dict[str, Tensor], Any, dict[str, Any] | None, Path]:
     """source → (flat tensors, hyper-parameters or export metadata, run config, checkpoint path)."""
-    path = Path(source)
+    from cromss.fetch import resolve_weights  # a published name (cromss/13b-midf) -> its cached file
+
+    path = Path(resolve_weights(source))
     if path.is_dir():
         ckpt = find_run_checkpoint(path)
         obj = safe_torch_load(ckpt, what="weights file")

@@ -142,7 +142,11 @@ def test_config_validation_names_the_key(section: dict, key: str) -> None:
 
 
 def test_config_defaults_follow_the_paper() -> None:
-    cfg = from_dict(ModelConfig, {}, prefix="model.")
+    # modalities / num_classes come from the data when a run resolves its config; on its own the
+    # model falls back to the paper's S1 + S2 and the 9 Dynamic World classes
+    unresolved = from_dict(ModelConfig, {}, prefix="model.")
+    assert unresolved.modalities is None and unresolved.num_classes is None
+    cfg = unresolved.filled()
     assert (cfg.encoder, cfg.fusion, cfg.modalities, cfg.s2_bands, cfg.num_classes) == (
         "resnet50",
         "mid",

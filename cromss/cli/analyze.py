@@ -274,7 +274,7 @@ def run_pca(args: argparse.Namespace) -> int:
 
         run_config = read_yaml(first / "config.yaml")
     data_cfg = _data_config(args.data, run_config)
-    if args.modality not in data_cfg.modalities:
+    if data_cfg.modalities is not None and args.modality not in data_cfg.modalities:
         data_cfg.modalities = [*data_cfg.modalities, args.modality]
     batch = load_batch(data_cfg, args.split, args.samples)
     images = batch[args.modality]

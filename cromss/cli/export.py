@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run", metavar="RUN", help="pretrain run folder or checkpoint file (.ckpt)")
+    parser.add_argument("run", metavar="RUN", help="pretrain run folder, checkpoint file (.ckpt) or a "
+                        "published name like cromss/13b-midf (cromss fetch --list)")
     parser.add_argument(
         "--modality",
         required=True,

@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     finetune.add_argument(
         "--encoder", default=None, metavar="SOURCE",
         help="encoder weights: 'random', a 'cromss pretrain' run folder, an exported .safetensors file, an "
-        "official CromSS .ckpt or an SSL4EO-S12/torchgeo ResNet file (default: the config's 'weights')",
+        "official CromSS .ckpt, a published name like cromss/13b-midf (cromss fetch --list) or an "
+        "SSL4EO-S12/torchgeo ResNet file (default: the config's 'weights')",
     )
     finetune.add_argument("--label", default=None, help="folder/table name of the encoder (default: file stem)")
     finetune.add_argument("--modality", choices=("s1", "s2"), default=None, help="input sensor (default: config)")

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from cromss.errors import ConfigError
 
-KINDS: tuple[str, ...] = ("nol", "dw", "osm", "dfc2020")
+KINDS: tuple[str, ...] = ("nol", "dw", "osm", "dfc2020", "generic")
+#: The built-in layouts (their modalities are always 's1' and 's2').
+BUILTIN_KINDS: tuple[str, ...] = ("nol", "dw", "osm", "dfc2020")
 FORMATS: tuple[str, ...] = ("auto", "lmdb", "geotiff")
 
 
@@ -14,16 +16,26 @@ FORMATS: tuple[str, ...] = ("auto", "lmdb", "geotiff")
 class DataConfig:
     """Which dataset to read and how to feed it (YAML section ``data:``).
 
-    ``kind``: 'nol' (pretraining SSL4EO-S12@NoL), 'dw' / 'osm' (SSL4EO-S12@DW / @OSM tiles) or
-    'dfc2020'. ``root``: the dataset folder (a folder holding ``nol/`` or ``dw/``, as written by
-    ``cromss data make-demo``, works too). ``format``: 'lmdb' or 'geotiff' layout of 'nol';
-    'auto' detects it. See docs/data.md for the exact layouts.
+    ``kind``: 'nol' (pretraining SSL4EO-S12@NoL), 'dw' / 'osm' (SSL4EO-S12@DW / @OSM tiles),
+    'dfc2020', or 'generic' (any data: a folder with ``dataset.yaml`` + ``samples.csv``). ``root``: the
+    dataset folder (a folder holding ``nol/`` or ``dw/``, as written by ``cromss data make-demo``,
+    works too). ``format``: 'lmdb' or 'geotiff' layout of 'nol'; 'auto' detects it. See docs/data.md.
+
+    ``modalities`` None = every modality of the dataset ('s1', 's2' for the built-in kinds).
+    ``bands`` (optional, per modality): the band names fed to the model, a subset or reordering BY NAME
+    of the dataset's bands; None = all of them. ``classes`` / ``class_colors``: filled in from the
+    dataset when a run resolves its config (so checkpoints carry them); set by hand they must agree.
+    ``stats`` (generic): band statistics file per modality; None = the dataset's ``stats/`` folder.
     """
 
     kind: str = "nol"
     root: str = "data"
     format: str = "auto"
-    modalities: list[str] = field(default_factory=lambda: ["s1", "s2"])
+    modalities: list[str] | None = None
+    bands: dict[str, list[str]] | None = None
+    classes: list[str] | None = None
+    class_colors: list[str] | None = None
+    stats: dict[str, str] | None = None
     s2_bands: int = 13
     #: side of the random training crop (paper: 256); None = no crop. Val/test use the full tile.
     crop_size: int | None = 256
@@ -56,10 +68,21 @@ class DataConfig:
             raise ConfigError(f"data.kind: {self.kind!r} is not one of {list(KINDS)}")
         if self.format not in FORMATS:
             raise ConfigError(f"data.format: {self.format!r} is not one of {list(FORMATS)}")
-        if not self.modalities or any(m not in ("s1", "s2") for m in self.modalities):
-            raise ConfigError(f"data.modalities: {self.modalities!r} must be a non-empty subset of ['s1', 's2']")
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ConfigError(f"data.modalities: {self.modalities!r} lists a modality twice")
+        if self.modalities is not None:
+            if not self.modalities:
+                raise ConfigError("data.modalities: an empty list; omit the key to use every modality of the dataset")
+            if self.kind in BUILTIN_KINDS and any(m not in ("s1", "s2") for m in self.modalities):
+                raise ConfigError(
+                    f"data.modalities: {self.modalities!r} must be a non-empty subset of ['s1', 's2'] for "
+                    f"data.kind '{self.kind}' (use data.kind 'generic' for other sensors)"
+                )
+            if len(set(self.modalities)) != len(self.modalities):
+                raise ConfigError(f"data.modalities: {self.modalities!r} lists a modality twice")
+        for modality, bands in (self.bands or {}).items():
+            if not bands or len(set(bands)) != len(bands):
+                raise ConfigError(f"data.bands.{modality}: {bands!r} must list distinct band names")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ConfigError(f"data.classes: {self.classes!r} must list at least 2 classes")
         if self.s2_bands not in (13, 9):
             raise ConfigError(f"data.s2_bands: {self.s2_bands} must be 13 or 9")
         for key in ("crop_size", "eval_crop", "max_samples"):
@@ -76,9 +99,13 @@ class DataConfig:
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"data.{key}: {value} must be a probability in [0, 1]")
-        if not 0 <= self.season < 4:
-            raise ConfigError(f"data.season: {self.season} must be 0..3")
+        if self.season < 0 or (self.kind in BUILTIN_KINDS and self.season > 3):
+            raise ConfigError(f"data.season: {self.season} must be 0..3 (the timestamp index; >= 0 for generic data)")
         if self.eval_seasons not in ("all", "first"):
             raise ConfigError(f"data.eval_seasons: {self.eval_seasons!r} must be 'all' or 'first'")
         if self.persistent_workers and self.num_workers == 0:
             raise ConfigError("data.persistent_workers: true needs data.num_workers >= 1")
+
+    def modality_list(self) -> list[str]:
+        """The configured modalities; the built-in default ['s1', 's2'] when unresolved."""
+        return list(self.modalities) if self.modalities is not None else ["s1", "s2"]

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.datasets import build_dataset
+from cromss.data.description import class_table_of
 from cromss.errors import DataError
 
 
@@ -18,14 +19,14 @@ class CromSSDataModule(L.LightningDataModule):
 
     Train: shuffled, augmented, random season, ``drop_last`` only when the split has more than one
     batch. Val/test: no augmentation, deterministic season(s) (``cfg.eval_seasons``), full tiles.
-    ``num_classes`` and ``class_table`` come from ``schema.CLASS_TABLES[cfg.kind]``.
+    ``num_classes`` and ``class_table`` come from the dataset's description (built-in or ``dataset.yaml``).
     """
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.class_table: schema.ClassTable = schema.CLASS_TABLES[cfg.kind]
+        self.class_table: schema.ClassTable = class_table_of(cfg)
         self.num_classes: int = self.class_table.num_classes
         self.datasets: dict[str, Dataset] = {}
 

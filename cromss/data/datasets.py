@@ -1,504 +1,35 @@
-"""Datasets of the published layouts, all returning the sample dict of docs/architecture.md.
+"""Datasets of every layout, all returning the sample dict of docs/architecture.md.
 
-* :class:`NolLmdbDataset` - SSL4EO-S12 uint8 LMDBs + ``dw_labels.lmdb`` (pretraining).
-* :class:`NolGeoTiffDataset` - SSL4EO-S12 GeoTIFF tree ``<id>/<season>/<band>.tif`` + NoL masks.
-* :class:`TileDataset` - downstream SSL4EO-S12@DW / @OSM tiles and DFC2020 patches.
+One dataset core (:class:`~cromss.data.core.SegmentationDataset`) assembles samples; layouts only
+enumerate files and read raw values:
 
-The shared :class:`SegmentationDataset` base picks the season, normalises, builds the ``valid``
-mask (invalid input -> 0, label -> IGNORE_INDEX) and applies the joint augmentation.
+* :class:`NolLmdbDataset`, :class:`NolGeoTiffDataset`, :class:`TileDataset` - the built-in layouts
+  (:mod:`cromss.data.layouts`);
+* :class:`GenericDataset` - any data described by ``dataset.yaml`` + ``samples.csv`` (:mod:`cromss.data.generic`).
+
+:func:`build_dataset` is the one entry point used by the DataModule and the commands.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch.utils.data import Dataset
-
-from cromss import schema
 from cromss.data.config import DataConfig
-from cromss.data.readers import (
-    LABEL_MAPS,
-    NOL_LABELS,
-    LmdbReader,
-    invalid_pixels,
-    raster_shape,
-    read_geotiff,
-    read_label_geotiff,
-    season_sort_key,
+from cromss.data.core import SegmentationDataset, _Images
+from cromss.data.generic import GenericDataset, build_generic_dataset
+from cromss.data.layouts import (
+    LMDB_NAMES,
+    TILE_DIRS,
+    TREE_DIRS,
+    NolGeoTiffDataset,
+    NolLmdbDataset,
+    Tile,
+    TileDataset,
+    detect_format,
+    list_tiles,
+    resolve_root,
+    s2_band_indices,
 )
+from cromss.data.splits import split_indices
 from cromss.errors import DataError
-from cromss.transforms import ClipNormalize, JointAugment, center_crop
-
-#: File names of the SSL4EO-S12 / NoL LMDB release (the image names carry "s1" / "s2c").
-LMDB_NAMES: dict[str, str] = {
-    "s1": "0k_251k_uint8_s1.lmdb",
-    "s2": "0k_251k_uint8_s2c.lmdb",
-    "label": "dw_labels.lmdb",
-    "label_true": "dw_labels_true.lmdb",
-}
-#: Folder names of the SSL4EO-S12 GeoTIFF tree and of the NoL label masks.
-TREE_DIRS: dict[str, str] = {"s1": "s1", "s2": "s2c", "label": "dw_labels", "label_true": "dw_labels_true"}
-#: Folders of the downstream tile layout ``<root>/<split>/<dir>/<name>.tif``.
-TILE_DIRS: dict[str, str] = {"s1": "s1", "s2": "s2", "label": "label", "label_true": "label_true"}
-#: Prefixes stripped from tile file stems so that s1_12.tif, s2_12.tif and dw_12.tif pair up.
-_TILE_PREFIXES: tuple[str, ...] = ("s1_", "s2_", "dw_", "osm_", "label_", "lbl_")
-
-
-def s2_band_indices(num_bands: int) -> tuple[int, ...]:
-    """Indices into the 13 stored S2 bands of the 13- or 9-band input."""
-    return tuple(range(13)) if num_bands == 13 else schema.S2_9BAND_INDICES
-
-
-def resolve_root(cfg: DataConfig) -> Path:
-    """The dataset folder; a folder holding ``nol/`` / ``dw/`` (the demo) is stepped into."""
-    root = Path(cfg.root).expanduser()
-    if not root.exists():
-        raise DataError(f"data.root {root} does not exist")
-    sub = root / cfg.kind
-    if sub.is_dir() and not any(root.glob("*.lmdb")) and not (root / "train").is_dir():
-        return sub
-    return root
-
-
-def detect_format(root: Path) -> str:
-    """'lmdb' when ``root`` holds ``*.lmdb``, 'geotiff' when it holds the ``s2c``/``s1`` tree."""
-    if any(root.glob("*.lmdb")):
-        return "lmdb"
-    if (root / TREE_DIRS["s2"]).is_dir() or (root / TREE_DIRS["s1"]).is_dir():
-        return "geotiff"
-    raise DataError(
-        f"{root}: no pretraining layout found (neither *.lmdb files nor the s1/ s2c/ GeoTIFF tree)"
-    )
-
-
-def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded random train/val split of ``count`` items; val gets round(fraction*count), >= 1."""
-    if count < 2:
-        raise DataError(f"cannot split {count} sample(s) into train and validation sets; need >= 2")
-    n_val = min(count - 1, max(1, round(count * val_fraction)))
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-@dataclass
-class _Images:
-    """One season of one modality: raw or pre-scaled values and its invalid-pixel mask."""
-
-    data: np.ndarray  # [C, H, W]
-    invalid: np.ndarray  # bool [H, W]
-    prescaled: bool  # True = uint8 clipped+scaled (LMDB): model input = value / 255
-
-
-class SegmentationDataset(Dataset):
-    """Common sample assembly. Subclasses provide locations, images and labels.
-
-    ``train=True``: random season (if ``cfg.random_season``) and joint augmentation (if
-    ``cfg.augment``). ``train=False``: deterministic; for multi-season data with
-    ``cfg.eval_seasons == 'all'`` every location appears once per season.
-    """
-
-    num_seasons: int = 1
-
-    def __init__(self, cfg: DataConfig, locations: list[Any], train: bool) -> None:
-        self.cfg = cfg
-        self.train = train
-        self.locations = locations
-        self.normalizers = {
-            "s1": ClipNormalize.for_modality("s1", 2, cfg.s1_stats),
-            "s2": ClipNormalize.for_modality("s2", cfg.s2_bands, cfg.s2_stats),
-        }
-        # training without augmentation still takes the random crop (fixed-size batches)
-        self.augment = None
-        if train and (cfg.augment or cfg.crop_size is not None):
-            flip_p, rotate_p = (cfg.flip_p, cfg.rotate_p) if cfg.augment else (0.0, 0.0)
-            self.augment = JointAugment(cfg.crop_size, flip_p, rotate_p)
-        self.entries: list[tuple[int, int | None]] = self._make_entries()
-        self.has_true_labels = False
-
-    def _make_entries(self) -> list[tuple[int, int | None]]:
-        count = len(self.locations)
-        if self.train or self.num_seasons == 1 or self.cfg.eval_seasons == "first":
-            entries: list[tuple[int, int | None]] = [(i, None) for i in range(count)]
-        else:
-            entries = [(i, s) for i in range(count) for s in range(self.num_seasons)]
-        return entries if self.cfg.max_samples is None else entries[: self.cfg.max_samples]
-
-    def with_locations(self, positions: list[int]) -> SegmentationDataset:
-        """A shallow copy restricted to ``positions`` (indices into ``self.locations``).
-
-        Used for the train/val split without scanning the dataset folder again.
-        """
-        subset = copy.copy(self)
-        subset.locations = [self.locations[i] for i in positions]
-        subset.entries = subset._make_entries()
-        return subset
-
-    # -- to be provided by subclasses
-    def sample_id(self, location: int) -> str:
-        raise NotImplementedError
-
-    def read_images(self, location: int, season: int, modality: str) -> _Images:
-        raise NotImplementedError
-
-    def read_labels(self, location: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Labels of all seasons ``[T, H, W]`` int64 (ignore = 255) and the true labels or None."""
-        raise NotImplementedError
-
-    # -- assembly
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def _season(self, fixed: int | None) -> int:
-        if fixed is not None:
-            return fixed
-        if self.num_seasons == 1:
-            return 0
-        if self.train and self.cfg.random_season:
-            return int(torch.randint(self.num_seasons, ()))
-        return min(self.cfg.season, self.num_seasons - 1)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self.entries):
-            raise IndexError(index)
-        location, fixed = self.entries[index]
-        season = self._season(fixed)
-        sample_id = self.sample_id(location)
-        labels, labels_true = self.read_labels(location)
-        height, width = labels.shape[-2:]
-        invalid = np.zeros((height, width), dtype=bool)
-        sample: dict[str, Any] = {}
-        for modality in self.cfg.modalities:
-            images = self.read_images(location, season, modality)
-            if images.data.shape[-2:] != (height, width):
-                raise DataError(
-                    f"sample {sample_id}: {modality} image is {images.data.shape[-2]}x{images.data.shape[-1]} "
-                    f"but its label is {height}x{width}"
-                )
-            invalid |= images.invalid
-            tensor = torch.from_numpy(np.asarray(images.data, dtype=np.float32))
-            if images.prescaled:
-                tensor = tensor / 255.0
-            else:
-                tensor = self.normalizers[modality](tensor)
-            sample[modality] = tensor
-        valid = torch.from_numpy(~invalid)
-        for modality in self.cfg.modalities:
-            sample[modality] = torch.where(valid, sample[modality], torch.zeros((), dtype=torch.float32))
-        all_seasons = torch.from_numpy(labels)
-        label = torch.where(valid, all_seasons[season], torch.tensor(schema.IGNORE_INDEX))
-        sample.update(
-            label=label, labels_all_seasons=all_seasons, season=torch.tensor(season, dtype=torch.int64),
-            valid=valid, id=sample_id,
-        )
-        if labels_true is not None:
-            true = torch.from_numpy(labels_true)
-            sample["label_true"] = torch.where(valid, true[season], torch.tensor(schema.IGNORE_INDEX))
-        if self.augment is not None:
-            sample = self.augment(sample)
-        elif not self.train and self.cfg.eval_crop is not None:
-            sample = center_crop(sample, self.cfg.eval_crop)
-        return sample
-
-    def raw_images(self, location: int):
-        """Yield ``(modality, raw [C, H, W] float64, invalid [H, W])`` of every season (statistics)."""
-        for season in range(self.num_seasons):
-            for modality in self.cfg.modalities:
-                images = self.read_images(location, season, modality)
-                if images.prescaled:
-                    raise DataError(
-                        "the LMDB layout holds already clipped uint8 values; compute band statistics "
-                        "on the GeoTIFF layout"
-                    )
-                yield modality, np.asarray(images.data, dtype=np.float64), images.invalid
-
-
-# ----------------------------------------------------------------------------- NoL, LMDB
-class NolLmdbDataset(SegmentationDataset):
-    """SSL4EO-S12@NoL from the released LMDBs (uint8 images, shape (4, C, H, W); labels (4, H, W))."""
-
-    num_seasons = schema.NUM_SEASONS
-
-    def __init__(self, cfg: DataConfig, root: Path, indices: list[int] | None, train: bool) -> None:
-        self.root = root
-        self._cache_index: int | None = None
-        self._cache: tuple[np.ndarray, str] = (np.zeros(0, np.uint8), "")
-        self.readers: dict[str, LmdbReader] = {}
-        for key in ["label", *cfg.modalities]:
-            self.readers[key] = LmdbReader(self._find(root, key))
-        true_path = root / LMDB_NAMES["label_true"]
-        if true_path.exists():
-            self.readers["label_true"] = LmdbReader(true_path)
-        total = len(self.readers["label"])
-        for reader in self.readers.values():
-            if len(reader) < total:
-                raise DataError(f"LMDB {reader.path} has {len(reader)} entries, fewer than the {total} labels")
-        super().__init__(cfg, list(range(total)) if indices is None else indices, train)
-        self.has_true_labels = "label_true" in self.readers
-        self._band_index = list(s2_band_indices(cfg.s2_bands))
-
-    @staticmethod
-    def _find(root: Path, key: str) -> Path:
-        path = root / LMDB_NAMES[key]
-        if path.exists():
-            return path
-        suffix = {"s1": "_s1.lmdb", "s2": "_s2c.lmdb", "label": "labels.lmdb"}[key]
-        found = sorted(p for p in root.glob(f"*{suffix}") if "true" not in p.name)
-        if len(found) == 1:
-            return found[0]
-        raise DataError(f"{root}: LMDB {LMDB_NAMES[key]} not found (needed for {key})")
-
-    def _label(self, index: int) -> tuple[np.ndarray, str]:
-        # the label value is needed for the id check of every modality: read it once per index
-        if self._cache_index != index:
-            self._cache = self.readers["label"].get(index)
-            self._cache_index = index
-        return self._cache
-
-    def _get(self, key: str, location: int) -> tuple[np.ndarray, str]:
-        index = self.locations[location]
-        if key == "label":
-            return self._label(index)
-        array, sample_id = self.readers[key].get(index)
-        label_id = self._label(index)[1]
-        if sample_id != label_id:
-            raise DataError(
-                f"LMDB index {index}: {key} sample id {sample_id!r} differs from label id {label_id!r} "
-                f"({self.readers[key].path} vs {self.readers['label'].path})"
-            )
-        return array, sample_id
-
-    def sample_id(self, location: int) -> str:
-        return self._label(self.locations[location])[1]
-
-    def read_images(self, location: int, season: int, modality: str) -> _Images:
-        array, sample_id = self._get(modality, location)
-        channels = 2 if modality == "s1" else 13
-        if array.ndim != 4 or array.shape[0] != self.num_seasons or array.shape[1] != channels:
-            raise DataError(
-                f"LMDB {self.readers[modality].path} key '{self.locations[location]}' (id {sample_id}): "
-                f"shape {array.shape}, expected ({self.num_seasons}, {channels}, H, W)"
-            )
-        data = array[season] if modality == "s1" else array[season][self._band_index]
-        return _Images(data, np.zeros(data.shape[-2:], dtype=bool), prescaled=True)
-
-    def read_labels(self, location: int) -> tuple[np.ndarray, np.ndarray | None]:
-        index = self.locations[location]
-        out = []
-        for key in ("label", "label_true"):
-            if key not in self.readers:
-                out.append(None)
-                continue
-            array, sample_id = self._get(key, location)
-            if array.ndim != 3 or array.shape[0] != self.num_seasons:
-                raise DataError(
-                    f"LMDB {self.readers[key].path} key '{index}' (id {sample_id}): label shape "
-                    f"{array.shape}, expected ({self.num_seasons}, H, W)"
-                )
-            out.append(NOL_LABELS.apply(array, f"{self.readers[key].path} key '{index}'"))
-        return out[0], out[1]
-
-
-# ----------------------------------------------------------------------------- NoL, GeoTIFF tree
-class NolGeoTiffDataset(SegmentationDataset):
-    """SSL4EO-S12@NoL from the GeoTIFF tree (raw values, one file per band and season).
-
-    ``s1/<id>/<season>/{VV,VH}.tif``, ``s2c/<id>/<season>/B1.tif .. B12.tif``,
-    ``dw_labels/<id>/<season>.tif`` (optional ``dw_labels_true/``); seasons sorted by date.
-    Only ids with 4 seasons in every needed folder are used.
-    """
-
-    num_seasons = schema.NUM_SEASONS
-
-    def __init__(self, cfg: DataConfig, root: Path, indices: list[int] | None, train: bool) -> None:
-        self.root = root
-        self.skipped: list[str] = []
-        self.ids = self.complete_ids(root, cfg.modalities, self.skipped)
-        if not self.ids:
-            raise DataError(f"{root}: no location has all {self.num_seasons} seasons of {cfg.modalities} and labels")
-        super().__init__(cfg, list(range(len(self.ids))) if indices is None else indices, train)
-        self.has_true_labels = (root / TREE_DIRS["label_true"]).is_dir()
-        self.s2_names = schema.s2_band_names(cfg.s2_bands)
-
-    @classmethod
-    def complete_ids(cls, root: Path, modalities: list[str], skipped: list[str] | None = None) -> list[str]:
-        """Sorted ids with 4 season folders per modality and 4 label files."""
-        label_dir = root / TREE_DIRS["label"]
-        if not label_dir.is_dir():
-            raise DataError(f"{root}: label folder {TREE_DIRS['label']}/ not found")
-        ids = []
-        for folder in sorted(p for p in label_dir.iterdir() if p.is_dir()):
-            sample_id = folder.name
-            complete = len(list(folder.glob("*.tif"))) == cls.num_seasons
-            for modality in modalities:
-                mod_dir = root / TREE_DIRS[modality] / sample_id
-                seasons = [p for p in mod_dir.iterdir() if p.is_dir()] if mod_dir.is_dir() else []
-                complete &= len(seasons) == cls.num_seasons
-            if complete:
-                ids.append(sample_id)
-            elif skipped is not None:
-                skipped.append(sample_id)
-        return ids
-
-    def sample_id(self, location: int) -> str:
-        return self.ids[self.locations[location]]
-
-    def _season_dirs(self, modality: str, sample_id: str) -> list[Path]:
-        folder = self.root / TREE_DIRS[modality] / sample_id
-        dirs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: season_sort_key(p.name))
-        if len(dirs) != self.num_seasons:
-            raise DataError(f"{folder}: {len(dirs)} season folders, expected {self.num_seasons}")
-        return dirs
-
-    def read_images(self, location: int, season: int, modality: str) -> _Images:
-        sample_id = self.sample_id(location)
-        folder = self._season_dirs(modality, sample_id)[season]
-        names = schema.S1_BANDS if modality == "s1" else self.s2_names
-        what = "Sentinel-1 band" if modality == "s1" else "Sentinel-2 band"
-        kinds = "f" if modality == "s1" else "uif"
-        target = self._label_shape(sample_id)
-        bands, nodatas = [], set()
-        for name in names:
-            path = folder / f"{name}.tif"
-            if not path.is_file():
-                raise DataError(f"{what} {name} missing: {path}")
-            raster = read_geotiff(path, expected_count=1, allowed_kinds=kinds, what=what, out_shape=target)
-            bands.append(raster.data[0])
-            nodatas.add(raster.nodata)
-        stack = np.stack(bands)
-        # one shared nodata value is a fill value; mixed per-band values are ignored
-        nodata = next(iter(nodatas)) if len(nodatas) == 1 else None
-        invalid = invalid_pixels(stack, nodata, any_band=modality == "s1")
-        return _Images(stack, invalid, prescaled=False)
-
-    def _label_files(self, key: str, sample_id: str) -> list[Path]:
-        folder = self.root / TREE_DIRS[key] / sample_id
-        files = sorted(folder.glob("*.tif"), key=lambda p: season_sort_key(p.name))
-        if len(files) != self.num_seasons:
-            raise DataError(f"{folder}: {len(files)} label files, expected {self.num_seasons}")
-        return files
-
-    def _label_shape(self, sample_id: str) -> tuple[int, int]:
-        return raster_shape(self._label_files("label", sample_id)[0], "label")
-
-    def read_labels(self, location: int) -> tuple[np.ndarray, np.ndarray | None]:
-        sample_id = self.sample_id(location)
-        out: list[np.ndarray | None] = []
-        for key in ("label", "label_true"):
-            if key == "label_true" and not self.has_true_labels:
-                out.append(None)
-                continue
-            seasons = [read_label_geotiff(p, NOL_LABELS).data[0] for p in self._label_files(key, sample_id)]
-            shapes = {s.shape for s in seasons}
-            if len(shapes) != 1:
-                raise DataError(f"labels of {sample_id} in {TREE_DIRS[key]}/ differ in shape: {sorted(shapes)}")
-            out.append(np.stack(seasons))
-        return out[0], out[1]
-
-
-# ----------------------------------------------------------------------------- downstream tiles
-def _tile_key(stem: str) -> str:
-    for prefix in _TILE_PREFIXES:
-        if stem.startswith(prefix):
-            return stem[len(prefix):]
-    return stem
-
-
-@dataclass
-class Tile:
-    """Files of one downstream tile."""
-
-    name: str
-    s1: Path | None
-    s2: Path | None
-    label: Path
-    label_true: Path | None = None
-
-
-def list_tiles(root: Path, kind: str, split: str) -> list[Tile]:
-    """Tiles of ``split`` ('train' | 'test') of a downstream layout, sorted by name.
-
-    DW/OSM: ``<root>/<split>/{s1,s2,label}/<name>.tif``. DFC2020 (SEN12MS-style names):
-    files ``*_dfc_*.tif`` under a folder whose name contains 'validation' (= our train split, as
-    the paper) or 'test'; their S1/S2 partners replace ``dfc`` by ``s1`` / ``s2`` in folder and name.
-    """
-    if kind == "dfc2020":
-        marker = "validation" if split == "train" else "test"
-        tiles = []
-        for label in sorted(root.rglob("*_dfc_*.tif")):
-            if marker not in str(label.relative_to(root)):
-                continue
-            parts = {}
-            for mod in ("s1", "s2"):
-                parent = label.parent.parent / label.parent.name.replace("dfc", mod)
-                parts[mod] = parent / label.name.replace("_dfc_", f"_{mod}_")
-            tiles.append(Tile(label.stem.replace("_dfc_", "_"), parts["s1"], parts["s2"], label))
-        if not tiles:
-            raise DataError(f"{root}: no DFC2020 '*_dfc_*.tif' label files under a '{marker}' folder")
-        return tiles
-    split_dir = root / split
-    label_dir = split_dir / TILE_DIRS["label"]
-    if not label_dir.is_dir():
-        raise DataError(f"{root}: split folder {split}/{TILE_DIRS['label']}/ not found")
-    found: dict[str, dict[str, Path]] = {}
-    for key, dirname in TILE_DIRS.items():
-        folder = split_dir / dirname
-        if folder.is_dir():
-            for path in folder.glob("*.tif"):
-                found.setdefault(_tile_key(path.stem), {})[key] = path
-    tiles = [
-        Tile(name, files.get("s1"), files.get("s2"), files["label"], files.get("label_true"))
-        for name, files in sorted(found.items()) if "label" in files
-    ]
-    if not tiles:
-        raise DataError(f"{label_dir}: no label GeoTIFFs")
-    return tiles
-
-
-class TileDataset(SegmentationDataset):
-    """Downstream single-date tiles (SSL4EO-S12@DW / @OSM, DFC2020); ``labels_all_seasons`` is [1, H, W]."""
-
-    num_seasons = 1
-
-    def __init__(self, cfg: DataConfig, tiles: list[Tile], train: bool) -> None:
-        self.tiles = tiles
-        self.label_map = LABEL_MAPS[cfg.kind]
-        super().__init__(cfg, list(range(len(tiles))), train)
-        self.has_true_labels = any(t.label_true is not None for t in tiles)
-
-    def sample_id(self, location: int) -> str:
-        return self.tiles[self.locations[location]].name
-
-    def read_images(self, location: int, season: int, modality: str) -> _Images:
-        tile = self.tiles[self.locations[location]]
-        path = tile.s1 if modality == "s1" else tile.s2
-        what = "Sentinel-1 image" if modality == "s1" else "Sentinel-2 image"
-        if path is None or not path.is_file():
-            raise DataError(f"tile {tile.name}: {what} file missing ({path or TILE_DIRS[modality] + '/'})")
-        if modality == "s1":
-            raster = read_geotiff(path, expected_count=2, allowed_kinds="f", what=what)
-            return _Images(raster.data, invalid_pixels(raster.data, raster.nodata, any_band=True), False)
-        counts = (13, 9) if self.cfg.s2_bands == 9 else (13,)
-        raster = read_geotiff(path, expected_count=counts, allowed_kinds="uif", what=what)
-        data = raster.data
-        if data.shape[0] == 13 and self.cfg.s2_bands == 9:
-            data = data[list(schema.S2_9BAND_INDICES)]
-        return _Images(data, invalid_pixels(data, raster.nodata, any_band=False), False)
-
-    def read_labels(self, location: int) -> tuple[np.ndarray, np.ndarray | None]:
-        tile = self.tiles[self.locations[location]]
-        label = read_label_geotiff(tile.label, self.label_map).data
-        true = None
-        if self.has_true_labels:
-            if tile.label_true is None:
-                true = np.full_like(label, schema.IGNORE_INDEX)
-            else:
-                true = read_label_geotiff(tile.label_true, self.label_map).data
-        return label, true
 
 
 # ----------------------------------------------------------------------------- factory
@@ -506,11 +37,14 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> SegmentationDatas
     """Dataset of ``split`` ('train' | 'val' | 'test') for ``cfg``.
 
     'val' is a seeded ``cfg.val_fraction`` split (at least 1 sample) of the training locations
-    ('nol') or training tiles (downstream; the test set is never used for validation).
+    ('nol') or training tiles (downstream; the test set is never used for validation). Generic datasets:
+    their declared splits, else validation drawn by location.
     """
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
     cfg.validate()
+    if cfg.kind == "generic":
+        return build_generic_dataset(cfg, split, train)
     root = resolve_root(cfg)
     if cfg.kind == "nol":
         if split == "test":
@@ -528,6 +62,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> SegmentationDatas
 
 
 __all__ = [
-    "NolGeoTiffDataset", "NolLmdbDataset", "SegmentationDataset", "TileDataset",
-    "build_dataset", "list_tiles", "split_indices",
+    "LMDB_NAMES", "TILE_DIRS", "TREE_DIRS", "GenericDataset", "NolGeoTiffDataset", "NolLmdbDataset",
+    "SegmentationDataset", "Tile", "TileDataset", "_Images", "build_dataset", "detect_format", "list_tiles",
+    "resolve_root", "s2_band_indices", "split_indices",
 ]

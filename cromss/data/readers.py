@@ -321,6 +321,8 @@ class LabelMap:
     name: str
     mapping: dict[int, int]
     ignore: tuple[int, ...] = ()
+    #: True (generic datasets): every value outside ``mapping`` is ignored instead of an error
+    ignore_unknown: bool = False
 
     def apply(self, raw: np.ndarray, source: str | Path) -> np.ndarray:
         """Map an integer label array; returns int64 with ignore = IGNORE_INDEX."""
@@ -328,6 +330,11 @@ class LabelMap:
             raise DataError(f"label {source} has dtype {raw.dtype}; labels must be integers")
         if raw.size == 0:
             return raw.astype(np.int64)
+        if self.ignore_unknown:
+            out = np.full(raw.shape, schema.IGNORE_INDEX, dtype=np.int64)
+            for value, class_id in self.mapping.items():
+                out[raw == value] = class_id
+            return out
         low, high = int(raw.min()), int(raw.max())
         known = [*self.mapping, *self.ignore]
         if high - low > 1 << 16:  # known values span < 2**16, so min or max is unknown

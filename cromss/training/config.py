@@ -187,28 +187,87 @@ class PretrainConfig:
         """Cross-section checks; raise ConfigError naming the keys that disagree."""
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"config key 'name': {self.name!r} must be a plain folder name (no '/')")
-        table = CLASS_TABLES.get(self.data.kind)
-        if table is not None and self.model.num_classes != len(table):
+        table = CLASS_TABLES.get(self.data.kind) if self.data.classes is None else None
+        num_classes = self.model.num_classes
+        if table is not None and num_classes is not None and num_classes != len(table):
             raise ConfigError(
-                f"config key 'model.num_classes': {self.model.num_classes} does not match the "
+                f"config key 'model.num_classes': {num_classes} does not match the "
                 f"{len(table)} classes of data.kind '{self.data.kind}' ({table.name})"
             )
-        if self.model.fusion == "single" and len(self.model.modalities) != 1:
+        if self.data.classes is not None and num_classes is not None and num_classes != len(self.data.classes):
             raise ConfigError(
-                f"config key 'model.fusion': 'single' needs exactly one modality, got {self.model.modalities}"
+                f"config key 'model.num_classes': {num_classes} does not match the {len(self.data.classes)} "
+                f"classes of the dataset ({', '.join(self.data.classes)})"
             )
-        if self.model.fusion != "single" and len(self.model.modalities) == 1:
-            raise ConfigError(
-                f"config key 'model.fusion': {self.model.fusion!r} needs two modalities, got "
-                f"{self.model.modalities}; use fusion 'single' for one"
-            )
-        if sorted(self.data.modalities) != sorted(self.model.modalities):
+        model_modalities = self.model.modalities or self.data.modalities
+        if model_modalities is not None:
+            if self.model.fusion == "single" and len(model_modalities) != 1:
+                raise ConfigError(
+                    f"config key 'model.fusion': 'single' needs exactly one modality, got {model_modalities}"
+                )
+            if self.model.fusion != "single" and len(model_modalities) == 1:
+                raise ConfigError(
+                    f"config key 'model.fusion': {self.model.fusion!r} needs two or more modalities, got "
+                    f"{model_modalities}; use fusion 'single' for one"
+                )
+        if (self.data.modalities is not None and self.model.modalities is not None
+                and sorted(self.data.modalities) != sorted(self.model.modalities)):
             raise ConfigError(
                 f"config keys 'data.modalities' {self.data.modalities} and 'model.modalities' "
                 f"{self.model.modalities} must list the same modalities"
             )
-        if "s2" in self.model.modalities and self.data.s2_bands != self.model.s2_bands:
+        if "s2" in self.model.modality_list() and self.data.s2_bands != self.model.s2_bands:
             raise ConfigError(
                 f"config keys 'data.s2_bands' ({self.data.s2_bands}) and 'model.s2_bands' "
                 f"({self.model.s2_bands}) must agree"
             )
+
+
+def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
+    """A copy of ``cfg`` whose data and model facts are filled in from the dataset.
+
+    ``data``: modalities, bands and classes (:func:`cromss.data.description.resolve_data_config`).
+    ``model``: modalities = the data's, ``num_classes`` = the number of classes, ``bands`` = the data's
+    band names where they differ from the Sentinel-1/2 tables. Set by hand, they must agree (ConfigError).
+    A resolved config is returned unchanged without reading the dataset.
+    """
+    from dataclasses import replace
+
+    from cromss.data.description import resolve_data_config
+    from cromss.schema import modality_bands
+
+    data = resolve_data_config(cfg.data)
+    model = cfg.model
+    modalities = list(model.modalities) if model.modalities is not None else list(data.modalities)
+    if sorted(modalities) != sorted(data.modalities):
+        raise ConfigError(
+            f"config keys 'data.modalities' {data.modalities} and 'model.modalities' {modalities} must list "
+            "the same modalities"
+        )
+    num_classes = len(data.classes)
+    if model.num_classes is not None and model.num_classes != num_classes:
+        raise ConfigError(
+            f"config key 'model.num_classes': {model.num_classes} does not match the {num_classes} classes of "
+            f"the dataset ({', '.join(data.classes)})"
+        )
+
+    def table_bands(modality: str) -> list[str] | None:
+        try:
+            return list(modality_bands(modality, model.s2_bands))
+        except ValueError:
+            return None
+
+    bands = model.bands
+    if bands is None and any(data.bands[m] != table_bands(m) for m in modalities):
+        bands = {m: list(data.bands[m]) for m in modalities}
+    for modality in modalities:
+        given = (bands or {}).get(modality) or table_bands(modality)
+        if given != data.bands[modality]:
+            raise ConfigError(
+                f"config key 'model.bands.{modality}': {given} differs from the bands fed by the data "
+                f"{data.bands[modality]}"
+            )
+    model = replace(model, modalities=modalities, num_classes=num_classes, bands=bands)
+    out = replace(cfg, data=data, model=model)
+    out.validate()
+    return out

@@ -26,10 +26,10 @@ from cromss.config import from_dict, to_dict
 from cromss.errors import DataError
 from cromss.losses import consistency_loss, segmentation_loss
 from cromss.models import build_model
-from cromss.schema import CLASS_TABLES, IGNORE_INDEX
+from cromss.schema import IGNORE_INDEX
 from cromss.selection import alpha_at, gamma_at, selection_weights
 from cromss.smoothing import smooth_labels
-from cromss.training.config import PretrainConfig
+from cromss.training.config import PretrainConfig, resolve_pretrain_config
 
 #: Number of score bins of the noise-detection ROC-AUC (constant memory over any validation set).
 AUC_THRESHOLDS = 1001
@@ -87,13 +87,13 @@ class CromSSModule(L.LightningModule):
     def __init__(self, config: PretrainConfig | dict[str, Any]) -> None:
         super().__init__()
         cfg = config if isinstance(config, PretrainConfig) else from_dict(PretrainConfig, config)
+        cfg = resolve_pretrain_config(cfg)
         self.cfg = cfg
         self.save_hyperparameters({"config": to_dict(cfg)})
         self.net = build_model(cfg.model)
         self.modalities: list[str] = list(cfg.model.modalities)
         self.num_classes = cfg.model.num_classes
-        table = CLASS_TABLES.get(cfg.data.kind)
-        self.class_names = list(table.names) if table is not None else [str(c) for c in range(self.num_classes)]
+        self.class_names = list(cfg.data.classes)
         # consistency pairs (student, target): each modality learns from every other one (eq. 1)
         multimodal = len(self.modalities) > 1 and cfg.method.consistency
         self.pairs = [(s, t) for s in self.modalities for t in self.modalities if s != t] if multimodal else []
@@ -147,7 +147,8 @@ class CromSSModule(L.LightningModule):
             if key not in batch:
                 raise DataError(f"method.smoothing 'spatial_temporal' needs batch key '{key}' (keys: {sorted(batch)})")
         smoothed = smooth_labels(batch["labels_all_seasons"], batch["season"], self.num_classes,
-                                 beta=method.beta, mu=method.mu, sigma=method.sigma, ignore_index=IGNORE_INDEX)
+                                 beta=method.beta, mu=method.mu, sigma=method.sigma, ignore_index=IGNORE_INDEX,
+                                 num_timestamps=batch.get("num_seasons"))
         # the fed label may be masked (invalid pixels) where the seasonal stack is not
         return smoothed * (batch["label"] != IGNORE_INDEX).unsqueeze(1)
 

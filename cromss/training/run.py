@@ -48,13 +48,17 @@ def _gpu_requested(accelerator: str) -> bool:
 
 
 def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
-    """Replace 'auto' trainer settings by concrete values (recorded in config.yaml).
+    """Fill in the data facts (modalities, bands, classes) and replace 'auto' trainer settings by
+    concrete values (recorded in config.yaml).
 
     precision 'auto' -> 'bf16-mixed' on a GPU with bf16 ('16-mixed' without), '32-true' otherwise;
     channels_last None -> True on GPU (applied through ``model.channels_last``).
     """
     import torch
 
+    from cromss.training.config import resolve_pretrain_config
+
+    cfg = resolve_pretrain_config(cfg)
     trainer = cfg.trainer
     gpu = _gpu_requested(trainer.accelerator)
     precision = trainer.precision

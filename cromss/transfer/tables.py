@@ -1,0 +1,117 @@
+"""The paper's results tables from run folders: weights | Frozen OA AA mIoU mF1 | Fine-tuned OA AA mIoU mF1."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from cromss.errors import DataError
+from cromss.metrics import SCALAR_METRICS
+from cromss.transfer.config import METRIC_TITLES, MODE_TITLES, MODES
+from cromss.transfer.results import aggregate
+
+
+def _collect_metrics_files(patterns: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else [])
+        for match in matches:
+            path = Path(match)
+            if path.is_file() and path.name == "metrics.json":
+                files.append(path)
+            elif path.is_dir():
+                files.extend(sorted(path.rglob("metrics.json")))
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    if not unique:
+        raise DataError(f"no metrics.json found under {', '.join(patterns)}")
+    return unique
+
+
+def _run_identity(path: Path, data: dict[str, Any]) -> tuple[str, str, str]:
+    """(task, encoder label, mode) of a metrics.json, from its fields or its run-folder path."""
+    parts = path.parent.parts  # .../<task>/<label>/<mode>/seed<k>
+    mode = data.get("mode") or ("frozen" if data.get("frozen") else None)
+    if mode is None and "frozen" in data:
+        mode = "finetuned"
+    if mode is None and len(parts) >= 2 and parts[-2] in MODES:
+        mode = parts[-2]
+    label = data.get("encoder_label") or (parts[-3] if len(parts) >= 3 else None)
+    task = data.get("task") or (parts[-4] if len(parts) >= 4 else "")
+    if mode not in MODES or not label:
+        raise DataError(
+            f"{path}: cannot tell encoder label and frozen/finetuned (expected fields 'encoder_label' and "
+            "'mode' or a path <task>/<label>/<frozen|finetuned>/seed<k>/metrics.json)"
+        )
+    return str(task), str(label), str(mode)
+
+
+def collect_table(patterns: list[str]) -> dict[str, Any]:
+    """Group metrics.json files under ``patterns`` by (task, label, mode); mean/std per metric."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    seen: dict[tuple[str, str, str, Any], Path] = {}
+    for path in _collect_metrics_files(patterns):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} is not valid JSON: {err}") from None
+        missing = [name for name in SCALAR_METRICS if name not in data]
+        if missing:
+            raise DataError(f"{path} lacks metric(s) {missing}")
+        identity = _run_identity(path, data)
+        seed_key = (*identity, data.get("seed", path.parent.name))
+        if seed_key in seen:
+            raise DataError(
+                f"seed {seed_key[3]} of {identity[1]}/{identity[2]} appears twice ({seen[seed_key]} and {path}); "
+                "pass folders or globs that select one experiment"
+            )
+        seen[seed_key] = path
+        groups.setdefault(identity, []).append(data)
+    return {key: aggregate(results) | {"n": len(results)} for key, results in groups.items()}
+
+
+def format_cell(stats: dict[str, float] | None) -> str:
+    """``mean±std`` in percent with two decimals (the paper's format); '–' when missing."""
+    if stats is None or stats["mean"] is None or math.isnan(stats["mean"]):
+        return "–"
+    return f"{100 * stats['mean']:.2f}±{100 * stats['std']:.2f}"
+
+
+def table_rows(patterns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paper's layout: weights | Frozen OA AA mIoU mF1 | Fine-tuned OA AA mIoU mF1."""
+    groups = collect_table(patterns)
+    tasks = list(dict.fromkeys(task for task, _, _ in groups))
+    rows_by_key: dict[tuple[str, str], list[str]] = {}
+    for task, label in dict.fromkeys((task, label) for task, label, _ in groups):
+        name = label if len(tasks) == 1 else f"{task}: {label}"
+        cells = [name]
+        for mode in MODES:
+            stats = groups.get((task, label, mode))
+            cells += [format_cell(stats[m] if stats else None) for m in SCALAR_METRICS]
+        rows_by_key[(task, label)] = cells
+    header = ["Weights"] + [f"{MODE_TITLES[mode]} {METRIC_TITLES[m]}" for mode in MODES for m in SCALAR_METRICS]
+    return header, list(rows_by_key.values())
+
+
+def render_markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(patterns: list[str], out_prefix: str | Path | None = None) -> str:
+    """The aggregate table as Markdown (returned) and, with ``out_prefix``, ``<prefix>.md``/``.csv``."""
+    header, rows = table_rows(patterns)
+    markdown = render_markdown(header, rows)
+    if out_prefix is not None:
+        prefix = Path(out_prefix)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{prefix}.md").write_text(markdown)
+        with open(f"{prefix}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return markdown
