@@ -488,7 +488,7 @@ def _run_finetune_cells(exp: ExperimentConfig, row: Row, log: Callable[[str], No
 
             def work(cfg: Any = cfg, seed: int = seed, run_dir: Path = run_dir) -> None:
                 log(f"finetune {run_dir}")
-                finetune_once(cfg, seed)
+                finetune_once(cfg, seed, overwrite=True)  # an unfinished cell is recomputed (run_cell)
                 if not exp.keep_finetune_checkpoints:
                     for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):
                         checkpoint.unlink()

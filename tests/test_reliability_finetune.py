@@ -39,9 +39,10 @@ def demo_dw(tmp_path_factory) -> Path:
 
 
 def _args(demo_dw: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", "--config", str(CONFIG), "--encoder", "random", "--seeds", "1", "--frozen",
+    flags = [e for e in extra if e.startswith("--")]  # options before the KEY=VALUE overrides
+    return ["finetune", "--config", str(CONFIG), "--encoder", "random", "--seeds", "1", "--frozen", *flags,
             f"output_dir={out}", f"data.root={demo_dw}", "epochs=1", "trainer.limit_train_batches=1",
-            "trainer.enable_progress_bar=false", "data.batch_size=2", *extra]
+            "trainer.enable_progress_bar=false", "data.batch_size=2", *(e for e in extra if e not in flags)]
 
 
 @pytest.fixture(scope="module")

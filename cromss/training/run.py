@@ -276,6 +276,10 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None,
                         weights_only=True)
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turned Ctrl-C into exit status 1: the CLI's one line, 130
+                raise KeyboardInterrupt from None
+            raise
         except CromssError:
             raise
         except Exception as err:
