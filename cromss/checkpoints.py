@@ -2,7 +2,8 @@
 
 * :func:`atomic_torch_save` writes ``<path>.tmp`` (flushed and fsync'ed) and renames it over ``path``
   with :func:`os.replace`: a crash or ``kill -9`` mid-write leaves the previous file intact and at most
-  a stale ``.tmp`` behind, never a truncated checkpoint under the real name.
+  a stale ``.tmp`` behind, never a truncated checkpoint under the real name. A write that fails
+  (read-only, no space, file too large) raises :class:`~cromss.errors.OutputError` naming the file.
 * :func:`safe_torch_load` is ``torch.load(weights_only=True)`` (tensors, plain containers and an
   explicit allow-list only); a file that pickles anything else, or that is truncated / not a
   checkpoint, raises :class:`~cromss.errors.CheckpointError` naming the file.
@@ -49,18 +50,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj, path)`` through ``<path>.tmp`` + fsync + :func:`os.replace`; returns ``path``."""
     import torch
 
+    from cromss.outputs import os_error_in, output_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + TEMP_SUFFIX)
     try:
-        with open(temp, "wb") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as handle:  # open(): permissions 0666 & ~umask, readable by the team
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         # a failed write (disk full, interrupt) must not leave a half file that looks usable
-        temp.unlink(missing_ok=True)
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        cause = os_error_in(err)  # not a folder, read-only, no space, file too large: one line
+        if cause is not None:
+            raise output_error(cause, path, "checkpoint") from None
         raise
     _fsync_dir(path.parent)
     return path

@@ -9,6 +9,7 @@ naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -38,6 +39,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
+        finite = [e for e in errors if "not a finite number" in e]
+        if finite:
+            raise ConfigError(finite[0])
         raise ConfigError(f"config key '{key}': value {value!r} matches none of {tp}")
     if origin is typing.Literal:
         if value not in args:
@@ -73,14 +77,21 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        number: float | None = None
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "5e-3" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "5e-3" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        # one check for every float of every section: NaN fails every '<' / '>' range check silently
+        # (optim.lr=.nan) and inf passes them (optim.lr=.inf trains a NaN model to exit status 0)
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")

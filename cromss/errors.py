@@ -20,3 +20,7 @@ class ConfigError(CromssError):
 
 class CheckpointError(CromssError):
     """A checkpoint or weight file cannot be used (unknown layout, mismatched bands, unsafe)."""
+
+
+class OutputError(CromssError):
+    """An output location cannot be written (not a folder, read-only, full, too large) or is in use."""

@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from cromss.config import apply_overrides, from_dict, load_config, read_yaml, to_dict
 from cromss.errors import ConfigError, DataError
+from cromss.locks import FolderLock, LockHeld
 
 MODES: tuple[str, ...] = ("frozen", "finetuned")
 LAYOUTS: tuple[str, ...] = ("ablation", "smoothing", "noise_sweep")
@@ -194,16 +195,6 @@ def noise_tag(rate: float) -> str:
 
 
 # ----------------------------------------------------------------------------- cells
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def record_differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
     """Dotted keys where two cell records differ. A key missing on one side counts as equal when the
     other side holds None there: a setting added to a config class later, at its (no-op) default."""
@@ -236,33 +227,23 @@ def run_cell(cell_dir: Path, done_file: Path, record: dict[str, Any], work: Call
     """Run ``work`` for one cell unless finished; returns 'skipped', 'ran' or (``wait=False``) 'locked'.
 
     The cell is finished when ``done_file`` and ``cell_dir/cell.json`` (== ``record``) exist. A lock file
-    ``<cell_dir>.lock`` (holding the pid) keeps two processes from running the same cell; a lock of a
-    dead process is taken over. A cell locked by a live process is waited for, or with ``wait=False``
+    ``<cell_dir>.lock`` (:class:`cromss.locks.FolderLock`: pid and host) keeps two processes from running
+    the same cell; a lock of a dead process on this host is taken over. A cell locked by a live process is waited for, or with ``wait=False``
     reported as 'locked' at once (the caller comes back to it later).
     """
     record_path = cell_dir / CELL_FILE
-    lock = cell_dir.parent / f"{cell_dir.name}.lock"
+    lock = FolderLock(cell_dir.parent / f"{cell_dir.name}.lock", cell_dir, "cell")
     while True:
         if done_file.is_file() and _same_record(record_path, record):
             return "skipped"
-        lock.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                holder = 0
-            if holder and not _pid_alive(holder):
-                lock.unlink(missing_ok=True)
-                continue
+            lock.acquire()
+        except LockHeld as held:
             if not wait:
                 return "locked"
-            log(f"waiting for {cell_dir} (locked by pid {holder})")
+            log(f"waiting for {cell_dir} (locked by pid {held.holder.pid} on {held.holder.host})")
             time.sleep(LOCK_POLL_S)
             continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
         try:
             if done_file.is_file() and _same_record(record_path, record):
                 return "skipped"
@@ -274,7 +255,7 @@ def run_cell(cell_dir: Path, done_file: Path, record: dict[str, Any], work: Call
             record_path.write_text(json.dumps(record, indent=2) + "\n")
             return "ran"
         finally:
-            lock.unlink(missing_ok=True)
+            lock.release()
 
 
 # ----------------------------------------------------------------------------- data
@@ -507,7 +488,7 @@ def _run_finetune_cells(exp: ExperimentConfig, row: Row, log: Callable[[str], No
 
             def work(cfg: Any = cfg, seed: int = seed, run_dir: Path = run_dir) -> None:
                 log(f"finetune {run_dir}")
-                finetune_once(cfg, seed)
+                finetune_once(cfg, seed, overwrite=True)  # an unfinished cell is recomputed (run_cell)
                 if not exp.keep_finetune_checkpoints:
                     for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):
                         checkpoint.unlink()

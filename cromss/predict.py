@@ -15,6 +15,7 @@ with the run's colour table, optional probabilities); :func:`predict_scenes` map
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from cromss.errors import DataError
+from cromss.errors import DataError, OutputError
+from cromss.outputs import prepare_output_dir, writing
 from cromss.predictor import (  # noqa: F401  (re-exported: the predict API of cromss.predict)
     _generic_classes,
     load_predictor,
@@ -267,56 +269,96 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
             "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
         }
         counts = np.zeros(num_classes, np.int64)
-        with rasterio.Env(GDAL_CACHEMAX=cache_mb):
-            out = Path(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            dst = rasterio.open(out, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **profile)
-            prob_dst = None
-            try:
-                dst.write_colormap(1, colormap(classes))
-                dst.set_band_description(1, "class")
-                dst.update_tags(classes=",".join(classes.names[:num_classes]), modality=modality,
-                                class_colors=",".join(classes.colors[:num_classes]))
-                if probabilities is not None:
-                    Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
-                    prob_nodata = float("nan") if probability_dtype == "float32" else NODATA_PROB_UINT8
-                    prob_dst = rasterio.open(probabilities, "w", count=num_classes, dtype=probability_dtype,
-                                             nodata=prob_nodata, **profile)
-                    for index in range(num_classes):
-                        prob_dst.set_band_description(index + 1, classes.names[index])
+        out = Path(out)
+        prepare_output_dir(out.parent, "output folder of --out")
+        targets = {out: "class map"}
+        if probabilities is not None:
+            probabilities = Path(probabilities)
+            prepare_output_dir(probabilities.parent, "output folder of --probabilities")
+            targets[probabilities] = "probability map"
+        # written as <name>.tmp, read back, then renamed: libtiff reports a full disk or a file size limit
+        # only on stderr (the map would be silently incomplete), and an earlier map stays intact
+        temps = {path: path.with_name(path.name + ".tmp") for path in targets}
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=cache_mb):
+                with writing(out, "class map"):
+                    dst = rasterio.open(temps[out], "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **profile)
+                prob_dst = None
+                try:
+                    with writing(out, "class map"):
+                        dst.write_colormap(1, colormap(classes))
+                        dst.set_band_description(1, "class")
+                        dst.update_tags(classes=",".join(classes.names[:num_classes]), modality=modality,
+                                        class_colors=",".join(classes.colors[:num_classes]))
+                    if probabilities is not None:
+                        prob_nodata = float("nan") if probability_dtype == "float32" else NODATA_PROB_UINT8
+                        with writing(probabilities, "probability map"):
+                            prob_dst = rasterio.open(temps[probabilities], "w", count=num_classes,
+                                                     dtype=probability_dtype, nodata=prob_nodata, **profile)
+                            for index in range(num_classes):
+                                prob_dst.set_band_description(index + 1, classes.names[index])
 
-                def read_window(row: int, col: int, h: int, w: int) -> tuple[dict, np.ndarray]:
-                    return _read_window(scene, normalizers, row, col, h, w)
+                    def read_window(row: int, col: int, h: int, w: int) -> tuple[dict, np.ndarray]:
+                        return _read_window(scene, normalizers, row, col, h, w)
 
-                def write_block(row: int, probs: np.ndarray, valid: np.ndarray) -> None:
-                    from rasterio.windows import Window
+                    def write_block(row: int, probs: np.ndarray, valid: np.ndarray) -> None:
+                        from rasterio.windows import Window
 
-                    window = Window(0, row, width, probs.shape[1])
-                    labels = probs.argmax(axis=0).astype(np.uint8)
-                    labels[~valid] = NODATA_CLASS
-                    counts[:] += np.bincount(labels[valid].ravel(), minlength=num_classes)[:num_classes]
-                    dst.write(labels, 1, window=window)
+                        window = Window(0, row, width, probs.shape[1])
+                        labels = probs.argmax(axis=0).astype(np.uint8)
+                        labels[~valid] = NODATA_CLASS
+                        counts[:] += np.bincount(labels[valid].ravel(), minlength=num_classes)[:num_classes]
+                        with writing(out, "class map"):
+                            dst.write(labels, 1, window=window)
+                        if prob_dst is not None:
+                            if probability_dtype == "uint8":
+                                values = np.rint(probs * 100).astype(np.uint8)
+                                values[:, ~valid] = NODATA_PROB_UINT8
+                            else:
+                                values = probs.astype(np.float32)
+                                values[:, ~valid] = np.nan
+                            with writing(probabilities, "probability map"):
+                                prob_dst.write(values, window=window)
+
+                    sliding_window_predict(make_model_fn(net, modality, device), read_window, height, width,
+                                           tile, overlap, num_classes, write_block)
+                finally:
+                    # closing flushes the last compressed blocks: a full disk can show up only here
+                    with writing(out, "class map"):
+                        dst.close()
                     if prob_dst is not None:
-                        if probability_dtype == "uint8":
-                            values = np.rint(probs * 100).astype(np.uint8)
-                            values[:, ~valid] = NODATA_PROB_UINT8
-                        else:
-                            values = probs.astype(np.float32)
-                            values[:, ~valid] = np.nan
-                        prob_dst.write(values, window=window)
-
-                sliding_window_predict(make_model_fn(net, modality, device), read_window, height, width,
-                                       tile, overlap, num_classes, write_block)
-            finally:
-                dst.close()
-                if prob_dst is not None:
-                    prob_dst.close()
+                        with writing(probabilities, "probability map"):
+                            prob_dst.close()
+                for path, what in targets.items():
+                    _check_written(temps[path], path, what)
+            for path in sorted(targets, key=lambda p: p != out):  # the class map last: it marks completion
+                with writing(path, targets[path]):
+                    os.replace(temps[path], path)
+        except BaseException:
+            for temp in temps.values():
+                temp.unlink(missing_ok=True)
+            raise
     finally:
         scene.close()
     return {"out": str(out), "height": height, "width": width, "modality": modality, "tile": tile,
             "overlap": overlap, "class_pixels": {classes.names[i]: int(counts[i]) for i in range(num_classes)},
             "crs": str(grid.crs), "transform": list(grid.transform)[:6], "resampled": scene.resampled,
             "band_check": {m: scene.inputs[m].band_check for m in used}}
+
+
+def _check_written(temp: Path, path: Path, what: str) -> None:
+    """Read every block of a map just written: an incomplete file (full disk, file size limit) fails."""
+    import rasterio
+
+    try:
+        with rasterio.open(temp) as dataset:
+            for _, window in dataset.block_windows(1):
+                dataset.read(window=window)
+    except (OSError, rasterio.errors.RasterioError) as err:
+        raise OutputError(
+            f"cannot write {what} {path}: the written file is incomplete (disk full or a file size limit? "
+            f"{(str(err.__cause__ or err).splitlines() or [type(err).__name__])[0]})"
+        ) from None
 
 
 def _read_window(scene: Scene, normalizers: Mapping[str, Any], row: int, col: int, h: int,

@@ -43,17 +43,25 @@ figcaption{font-size:12px;color:#556}.muted{color:#778;font-size:13px}
 
 # ----------------------------------------------------------------------------- metrics.csv
 def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float, float]]]:
-    """Lightning CSVLogger file -> ``{column: [(epoch, step, value), ...]}`` (empty cells skipped)."""
+    """Lightning CSVLogger file -> ``{column: [(epoch, step, value), ...]}`` (empty cells skipped).
+
+    Rows a resumed launch redid are left out (:func:`cromss.training.history.current_rows`).
+    """
+    from cromss.training.history import LAUNCH_COLUMN, current_rows
+
     path = Path(path)
     series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     try:
         with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            for line, row in enumerate(reader, start=2):
+            rows = list(enumerate(csv.DictReader(handle), start=2))
+            kept = {id(row) for row in current_rows([row for _, row in rows])}
+            for line, row in rows:
+                if id(row) not in kept:
+                    continue
                 epoch = _number(row.get("epoch"))
                 step = _number(row.get("step"))
                 for key, text in row.items():
-                    if key in ("epoch", "step") or key is None:
+                    if key in ("epoch", "step", LAUNCH_COLUMN) or key is None:
                         continue
                     value = _number(text)
                     if value is not None:

@@ -497,15 +497,20 @@ def _load_strict(module: nn.Module, state: Mapping[str, Tensor], where: str) -> 
     module.load_state_dict(state, strict=True)
 
 
-def export_encoder(source: str | Path, modality: str, out: str | Path) -> Path:
+def export_encoder(source: str | Path, modality: str, out: str | Path, overwrite: bool = False) -> Path:
     """Write the ``modality`` encoder of ``source`` as a self-describing ``.safetensors`` file.
 
     ``source`` is a ``cromss pretrain`` run folder, its checkpoint, or an official CromSS checkpoint.
     ``out`` gets the suffix ``.safetensors`` if it has none; an existing directory receives
     ``<modality>_encoder.safetensors``. A JSON sidecar with the same metadata is written next to it
     (``out`` with suffix ``.json``). Returns the path of the ``.safetensors`` file.
+
+    An existing export is refused (OutputError) unless ``overwrite``; both files are written atomically
+    with the usual ``0666 & ~umask`` permissions (0644), so the team can read them.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from cromss.outputs import atomic_write_bytes, atomic_write_text, prepare_output_dir, refuse_existing
 
     if modality not in ("s1", "s2"):
         raise CheckpointError(f"modality must be 's1' or 's2', got {modality!r}")
@@ -514,6 +519,9 @@ def export_encoder(source: str | Path, modality: str, out: str | Path) -> Path:
         out = out / f"{modality}_encoder.safetensors"
     elif out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
+    for path in (out, out.with_suffix(".json")):
+        refuse_existing(path, "export", overwrite)
+    prepare_output_dir(out.parent, "export folder")
     state, info = encoder_state_dict(source, modality)
     if info["layout"] not in CROMSS_LAYOUTS:
         raise CheckpointError(
@@ -559,10 +567,10 @@ def export_encoder(source: str | Path, modality: str, out: str | Path) -> Path:
         f"with encoder_name='{info['encoder']}', in_channels={info['in_channels']}",
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=2, ensure_ascii=False)
-    save_file(tensors, str(out), metadata={METADATA_KEY: text})
-    out.with_suffix(".json").write_text(text + "\n")
+    # safetensors' save_file creates 0600 files; our atomic write gives 0666 & ~umask
+    atomic_write_bytes(out, save(tensors, metadata={METADATA_KEY: text}), "encoder export")
+    atomic_write_text(out.with_suffix(".json"), text + "\n", "encoder export metadata")
     return out
 
 

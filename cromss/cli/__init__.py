@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cromss: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        # the last net under the specific messages: a file system error is the user's to fix, one line
+        from cromss.outputs import os_error_cause
+
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"cromss: error: {where}{os_error_cause(err)}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -1,4 +1,4 @@
-"""``cromss data osm-filter | pad | assemble-nol | convert | verify-store``: building datasets.
+"""``cromss data osm-filter | pad | assemble-nol | convert | verify-store | verify``: building datasets.
 
 Registered into the ``cromss data`` group by ``cromss.cli.data``. Heavy imports (rasterio, torch)
 happen inside the command functions.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from cromss.errors import DataError
 
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -110,6 +112,23 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("store", type=Path, help="store folder (with index.json)")
     p.set_defaults(func=cmd_verify_store)
 
+    p = data_subparsers.add_parser(
+        "verify", formatter_class=FORMATTER,
+        help="check LMDBs: file sizes against their metadata, every value against its stored checksum",
+        description="Read every value of each LMDB (a *.lmdb path, or every *.lmdb below a folder): the data\n"
+        "file must be as long as the LMDB's own metadata says (a cut-short copy), every value must decode,\n"
+        "and its SHA-256 must equal the one in <name>.lmdb/checksums.sha256 (written by cromss when it\n"
+        "writes an LMDB). Any difference is reported with its keys (exit status 2). LMDBs from elsewhere\n"
+        "(the official release) have no checksums: run with --write-checksums on the machine holding the\n"
+        "original, copy, then run without it on the copy.",
+        epilog="examples:\n  cromss data verify demo/data/nol\n"
+        "  cromss data verify --write-checksums /data/ssl4eo-s12   # on the source machine, once",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an LMDB, or a folder holding LMDBs")
+    p.add_argument("--write-checksums", action="store_true",
+                   help="write checksums.sha256 for LMDBs that have none (an existing file is never replaced)")
+    p.set_defaults(func=cmd_verify)
+
 
 def cmd_osm_filter(args: argparse.Namespace) -> int:
     from cromss.curation import filter_osm_tiles, write_osm_filter_outputs
@@ -160,6 +179,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
     index = convert_dataset(cfg, args.dst, args.split, args.shard_size, args.compression, progress, args.level)
     size = sum(s["bytes"] for s in index["shards"])
     print(f"wrote {index['total']} locations in {len(index['shards'])} shard(s), {size / 1e6:.1f} MB -> {args.dst}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from cromss.data.verify import find_lmdbs, verify_lmdb
+
+    bad = []
+    for path in find_lmdbs(args.paths):
+        check = verify_lmdb(path, write_checksums=args.write_checksums)
+        if not check.ok:
+            print(f"{path}: {check.entries} values, CORRUPT: {check.problem()}")
+            bad.append(check)
+            continue
+        state = {"verified": "all checksums match", "written": "checksums written",
+                 "absent": "no checksums to compare (--write-checksums writes them)"}[check.checksums]
+        print(f"{path}: {check.entries} values, sizes ok, {state}")
+    if bad:
+        raise DataError(f"{len(bad)} LMDB(s) corrupt, first {bad[0].path}: {bad[0].problem()}; copy it again")
     return 0
 
 

@@ -91,7 +91,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(done_table.read_text(), end="")
     else:
         table = run_comparison(ft_cfg, {"random": "random", "CromSS-midF": str(run_dir)}, modality="s2",
-                               seeds=args.seeds, out_dir=out / "finetune")
+                               seeds=args.seeds, out_dir=out / "finetune",
+                               overwrite=True)  # an unfinished transfer step of this demo is redone
         print(table)
         print(f"transfer took {time.perf_counter() - t0:.0f} s")
 

@@ -33,7 +33,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Export the encoder and print where it went."""
     from cromss.weights import export_encoder, read_export
 
-    out = export_encoder(args.run, args.modality, args.out)
+    out = export_encoder(args.run, args.modality, args.out, overwrite=args.overwrite)
     _, meta = read_export(out)
     arch = meta["architecture"]
     print(
@@ -66,4 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="output file (.safetensors is added if missing) or an existing folder "
         "(then <modality>_encoder.safetensors is written in it)",
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing export (OUT and its .json); without it an existing file is "
+                        "refused")
     parser.set_defaults(func=run_export)

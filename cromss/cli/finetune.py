@@ -81,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="number of repeats (3 = seeds seed..seed+2) or a list like 0,1,2 (default: config)")
     finetune.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                           help="dotted config overrides, e.g. data.root=/data/dw epochs=10 data.batch_size=8")
+    finetune.add_argument("--overwrite", action="store_true",
+                          help="replace the results of seed folders that already hold some (the new run is "
+                          "written beside them and moved into place only when it finished); without it such "
+                          "a folder is refused")
     finetune.set_defaults(func=run_finetune, frozen=None)
 
     evaluate = subparsers.add_parser(
@@ -123,7 +127,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         cfg.seeds = args.seeds
     cfg.validate()
-    summary = finetune(cfg)
+    summary = finetune(cfg, overwrite=args.overwrite)
     print(f"{cfg.name} | {cfg.label} | {cfg.mode} | seeds {summary['seeds']}")
     for name, stats in summary["metrics"].items():
         print(f"  {name:>4}: {100 * stats['mean']:.2f} ± {100 * stats['std']:.2f} %")

@@ -75,18 +75,50 @@ def decode_lmdb_value(data: bytes | None, *, file: str | Path, key: str) -> tupl
 _ENVS: dict[str, Any] = {}
 
 
+def lmdb_data_file(path: Path) -> Path:
+    """The file holding an LMDB's pages: ``<path>/data.mdb`` (folder layout) or ``path`` itself."""
+    return path / "data.mdb" if path.is_dir() else path
+
+
+def _check_lmdb_size(env: Any, path: Path) -> None:
+    """Refuse an LMDB whose data file is shorter than its own metadata says (an interrupted copy).
+
+    LMDB memory-maps the file: reading a page past its end kills the process with SIGBUS instead of
+    raising, so the size is compared with the last page number and page size of the meta page first.
+    """
+    data_file = lmdb_data_file(path)
+    page_size = int(env.stat()["psize"])
+    needed = (int(env.info()["last_pgno"]) + 1) * page_size
+    actual = data_file.stat().st_size
+    if actual < needed:
+        raise DataError(
+            f"LMDB {path}: {data_file.name} is truncated ({actual} bytes, its metadata needs {needed}: pages up "
+            f"to {needed // page_size - 1} of {page_size} bytes); the copy is incomplete, copy it again"
+        )
+
+
 def _open_env(path: Path) -> Any:
     import lmdb
 
     key = str(path.resolve())
     if key not in _ENVS:
         try:
-            _ENVS[key] = lmdb.open(
+            env = lmdb.open(
                 key, readonly=True, lock=False, readahead=False, meminit=False,
                 subdir=path.is_dir(), max_readers=64,
             )
         except lmdb.Error as err:
-            raise DataError(f"LMDB {path} cannot be opened: {err}") from None
+            size = lmdb_data_file(path).stat().st_size if lmdb_data_file(path).is_file() else None
+            # shorter than LMDB's two meta pages: the usual cause is an interrupted copy
+            hint = f" (its {lmdb_data_file(path).name} has only {size} bytes: truncated?)" \
+                if size is not None and size < 8192 else ""
+            raise DataError(f"LMDB {path} cannot be opened: {err}{hint}") from None
+        try:
+            _check_lmdb_size(env, path)
+        except BaseException:
+            env.close()
+            raise
+        _ENVS[key] = env
     return _ENVS[key]
 
 
@@ -129,21 +161,63 @@ class LmdbReader:
         return state
 
 
+#: Per-value checksums beside an LMDB's pages (``<name>.lmdb/checksums.sha256``): lines
+#: ``<sha256 of the stored value>  <key>`` like ``sha256sum``; checked by ``cromss data verify``.
+LMDB_CHECKSUM_FILE = "checksums.sha256"
+
+
+def lmdb_checksum_file(path: Path) -> Path:
+    """Where the per-value checksums of LMDB ``path`` live (inside its folder, or ``<file>.sha256``)."""
+    return path / LMDB_CHECKSUM_FILE if path.is_dir() else path.with_name(path.name + ".sha256")
+
+
+def value_checksum(data: bytes) -> str:
+    """Hex SHA-256 of one stored LMDB value (the pickled bytes exactly as stored)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def format_checksums(checksums: Iterable[tuple[str, str]]) -> str:
+    """``[(key, sha256), ...]`` -> the text of a checksum file."""
+    return "".join(f"{digest}  {key}\n" for key, digest in checksums)
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """A checksum file -> ``{key: sha256}``; a malformed line raises DataError naming it."""
+    out: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        digest, _, key = line.partition("  ")
+        if len(digest) != 64 or not key:
+            raise DataError(f"checksum file {path}, line {number}: expected '<sha256>  <key>', got {line[:80]!r}")
+        out[key] = digest
+    return out
+
+
 def write_lmdb(path: str | Path, items: Iterable[tuple[np.ndarray, str]], map_size: int = 1 << 34) -> int:
-    """Write ``(uint8 array, sample_id)`` items as ``str(index) -> pickle((bytes, shape, id))``."""
+    """Write ``(uint8 array, sample_id)`` items as ``str(index) -> pickle((bytes, shape, id))``.
+
+    The SHA-256 of every stored value goes to ``checksums.sha256`` in the LMDB folder, so that a copy
+    on another machine can be checked with ``cromss data verify``.
+    """
     import lmdb
+
+    from cromss.outputs import atomic_write_text
 
     path = Path(path)
     env = lmdb.open(str(path), map_size=map_size)
-    count = 0
+    checksums: list[tuple[str, str]] = []
     with env.begin(write=True) as txn:
         for index, (array, sample_id) in enumerate(items):
             array = np.ascontiguousarray(array, dtype=np.uint8)
-            value = (array.tobytes(), tuple(int(s) for s in array.shape), str(sample_id))
-            txn.put(str(index).encode(), pickle.dumps(value, protocol=4))
-            count += 1
+            value = pickle.dumps((array.tobytes(), tuple(int(s) for s in array.shape), str(sample_id)), protocol=4)
+            txn.put(str(index).encode(), value)
+            checksums.append((str(index), value_checksum(value)))
     env.close()
-    return count
+    atomic_write_text(lmdb_checksum_file(path), format_checksums(checksums), "LMDB checksums")
+    return len(checksums)
 
 
 # ----------------------------------------------------------------------------- GeoTIFF

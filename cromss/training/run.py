@@ -2,8 +2,10 @@
 
 Run folder ``<output_dir>/<name>/``::
 
-    config.yaml          resolved config (after overrides and 'auto' resolution)
-    metrics.csv          CSVLogger: every logged value, per step / epoch
+    config.yaml          resolved config of the first launch (after overrides and 'auto' resolution)
+    config.resume-N.yaml config of resume N, with config.resume-N.diff against the previous launch
+    metrics.csv          every logged value, per step / epoch, appended by every launch (column 'launch')
+    cromss.lock          while a process trains the run: its pid and host
     tensorboard/         TensorBoard events (``tensorboard --logdir <run>/tensorboard``)
     checkpoints/last.ckpt  written at the end of every epoch (resume from here)
     checkpoints/best.ckpt  lowest validation loss so far
@@ -13,7 +15,6 @@ Run folder ``<output_dir>/<name>/``::
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -22,12 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cromss.config import dump_config, read_yaml, to_dict
+from cromss.config import read_yaml, to_dict
 from cromss.data.run_stats import record_run_stats
 from cromss.errors import ConfigError, CromssError
 from cromss.training.config import PretrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
+#: Lock file of a run folder (pid and host of the process training it).
+LOCK_FILE = "cromss.lock"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 
@@ -77,38 +80,6 @@ def _process_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
-def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changes
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _merge_metrics(previous: list[dict[str, str]], path: Path, start_epoch: int) -> None:
-    """Prepend the rows of the interrupted run (epochs < start_epoch) to the resumed run's metrics.csv.
-
-    Lightning's CSVLogger starts a fresh file on every launch; this keeps one table per run.
-    """
-    kept = [row for row in previous if row.get("epoch", "") != "" and int(float(row["epoch"])) < start_epoch]
-    current = _read_csv(path) if path.is_file() else []
-    keys: list[str] = []
-    for row in kept + current:
-        keys += [k for k in row if k not in keys]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=sorted(keys))
-        writer.writeheader()
-        writer.writerows(kept + current)
-
-
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
@@ -120,17 +91,78 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+#: Settings that change the network's parameters: a resume may not change them.
+ARCHITECTURE_KEYS: tuple[str, ...] = ("encoder", "fusion", "modalities", "s2_bands", "num_classes",
+                                      "decoder_channels", "head_kernel")
+
+
+def _check_same_architecture(state: dict[str, Any], cfg: PretrainConfig, run_dir: Path, last: Path) -> None:
+    """Refuse (ConfigError, one line) a resume whose model differs from the checkpoint's."""
+    from cromss.training.history import latest_config_file
+
+    saved = ((state.get("hyper_parameters") or {}).get("config") or {}).get("model")
+    source = last
+    if not isinstance(saved, dict):
+        path = latest_config_file(run_dir)
+        saved = (read_yaml(path).get("model") if path.is_file() else None) or {}
+        source = path
+    wanted = to_dict(cfg.model)
+    changed = [f"model.{key} ({saved[key]!r} -> {wanted[key]!r})" for key in ARCHITECTURE_KEYS
+               if key in saved and saved[key] != wanted[key]]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_dir}: the model differs from {source} in {', '.join(changed)}; resume with "
+            "the original model settings, or start a new run (name=...)"
+        )
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train one CromSS model as configured; return the summary (also written to summary.json).
 
     ``resume=True`` continues from ``<run>/checkpoints/last.ckpt`` (same seed and data order:
     the result equals an uninterrupted run on CPU). Without ``resume`` an existing run with a
     checkpoint is refused (pick another ``name`` or pass ``--resume``).
+
+    The run folder is locked (``cromss.lock``: a second process stops at once) and append-only
+    (:mod:`cromss.training.history`): a resume keeps ``config.yaml`` and the earlier rows of
+    ``metrics.csv`` and is refused before anything is written when the model architecture differs.
     """
+    from cromss.locks import FolderLock
+    from cromss.outputs import prepare_output_dir
+
     cfg = resolve_config(cfg)
     run_dir = run_dir_of(cfg)
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    rank = _process_rank()
+    if _process_rank() != 0:  # DDP ranks > 0 write nothing; rank 0 holds the lock
+        return _fit(cfg, resume, run_dir, last, _start_epoch(cfg, resume, run_dir, last), None)
+    created = not run_dir.exists()
+    prepare_output_dir(run_dir, "run folder")
+    lock = FolderLock(run_dir / LOCK_FILE, run_dir, "run folder")
+    try:
+        lock.acquire()
+        start_epoch = _start_epoch(cfg, resume, run_dir, last)
+    except BaseException:
+        lock.release()
+        if created:  # a refused first launch leaves no empty folder behind
+            _remove_if_empty(run_dir)
+        raise
+    try:
+        return _launch(cfg, resume, run_dir, last, start_epoch)
+    finally:
+        lock.release()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _start_epoch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path) -> int:
+    """Every check of a (re)launch that reads only: the epoch to start from, or a one-line error."""
+    from cromss.checkpoints import safe_torch_load
+
     if resume and not last.is_file():
         raise ConfigError(f"--resume: no checkpoint {last} (run folder {run_dir} of config name '{cfg.name}')")
     if not resume and last.is_file():
@@ -138,19 +170,31 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"run folder {run_dir} already holds {last}: pass --resume to continue it, or choose another "
             f"name (name=...) or output_dir"
         )
-    previous_rows: list[dict[str, str]] = []
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved = run_dir / "config.yaml"
-        if resume and saved.is_file():
-            changes = _config_changes(read_yaml(saved), to_dict(cfg))
-            if changes:
-                print(f"cromss pretrain --resume: config differs from {saved}: " + "; ".join(changes))
-        dump_config(cfg, saved)
-        record_run_stats(cfg.data, run_dir)  # the statistics it normalises with, for predict
-        if resume and (run_dir / "metrics.csv").is_file():
-            previous_rows = _read_csv(run_dir / "metrics.csv")
-    return _fit(cfg, resume, run_dir, last, previous_rows)
+    if not resume:
+        return 0
+    state = safe_torch_load(last, what="checkpoint to resume")
+    if not isinstance(state, dict):
+        raise ConfigError(f"--resume: {last} is not a Lightning checkpoint")
+    _check_same_architecture(state, cfg, run_dir, last)
+    return int(state.get("epoch", -1)) + 1
+
+
+def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int) -> dict[str, Any]:
+    """Rank 0, lock held, checks passed: record this launch's config, then train."""
+    from cromss.outputs import atomic_write_bytes
+    from cromss.training.history import next_launch, record_launch_config
+
+    launch = next_launch(run_dir, resume)
+    if launch and (run_dir / "summary.json").is_file():
+        # the summary of the finished launch being extended stays readable beside the new one
+        atomic_write_bytes(run_dir / f"summary.before-resume-{launch}.json",
+                           (run_dir / "summary.json").read_bytes(), "summary")
+    path, changes = record_launch_config(run_dir, to_dict(cfg), launch)
+    record_run_stats(cfg.data, run_dir)  # the statistics it normalises with, for predict
+    if changes:
+        print(f"cromss pretrain --resume: config differs from the previous launch ({path} has the diff "
+              f"{path.with_suffix('.diff').name}): " + "; ".join(changes))
+    return _fit(cfg, resume, run_dir, last, start_epoch, launch)
 
 
 #: Messages of torch.distributed / gloo / NCCL when a peer process died in a collective.
@@ -168,14 +212,16 @@ def _peer_failed(err: BaseException) -> bool:
     return any(hint in text for hint in _PEER_FAILURE_HINTS)
 
 
-def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
-         previous_rows: list[dict[str, str]]) -> dict[str, Any]:
+def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int,
+         launch: int | None) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
-    from cromss.checkpoints import AtomicCheckpointIO, safe_torch_load
+    from cromss.checkpoints import AtomicCheckpointIO
     from cromss.data import CromSSDataModule
+    from cromss.outputs import atomic_write_text, os_error_in, output_error
+    from cromss.training.history import append_csv_logger
     from cromss.training.module import CromSSModule
 
     class EpochCheckpoint(ModelCheckpoint):
@@ -207,7 +253,8 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
     if cfg.trainer.progress_bar:
         callbacks.append(RichProgressBar())
     loggers = [
-        CSVLogger(save_dir=str(run_dir), name="", version=""),
+        # continues metrics.csv across resumes (launch column), never deletes it
+        append_csv_logger(run_dir, launch or 0),
         TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
     ]
     t = cfg.trainer
@@ -224,9 +271,6 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()
-    start_epoch = 0
-    if resume:
-        start_epoch = int(safe_torch_load(last, what="checkpoint to resume").get("epoch", -1)) + 1
     module.first_epoch = start_epoch
     with warnings.catch_warnings():
         # the run folder already holds config.yaml (and, on resume, our checkpoints): expected here
@@ -234,14 +278,24 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None,
                         weights_only=True)
-        except RuntimeError as err:
-            if trainer.world_size > 1 and _peer_failed(err):
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turned Ctrl-C into exit status 1: the CLI's one line, 130
+                raise KeyboardInterrupt from None
+            raise
+        except CromssError:
+            raise
+        except Exception as err:
+            if isinstance(err, RuntimeError) and trainer.world_size > 1 and _peer_failed(err):
                 # the failing rank printed its own error; this one only lost its peer: say so in one line
                 raise CromssError(
                     f"rank {trainer.global_rank}: another DDP process failed (its error is printed above), "
                     f"so this rank stopped too ({str(err).splitlines()[0][:200]})"
                 ) from None
-            raise
+            cause = os_error_in(err)
+            if cause is None:
+                raise
+            # a checkpoint, metrics or TensorBoard write failed: one line, earlier files kept
+            raise output_error(cause, run_dir, "run folder") from None
     summary = {
         "run_dir": str(run_dir),
         "name": cfg.name,
@@ -262,9 +316,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path,
         if value is not None:
             summary["noise_auc"][modality] = value
     if trainer.is_global_zero:
-        if resume and previous_rows:
-            _merge_metrics(previous_rows, run_dir / "metrics.csv", start_epoch)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "run summary")
         if summary["noise_auc"]:
             aucs = ", ".join(f"{m} {v:.3f}" for m, v in summary["noise_auc"].items())
             print(f"noise-detection ROC-AUC of 1 - W_l (validation): {aucs}")

@@ -18,11 +18,13 @@ def run_comparison(
     seeds: int | list[int] = 1,
     out_dir: str | Path = "runs/compare",
     modes: tuple[str, ...] = MODES,
+    overwrite: bool = False,
 ) -> str:
     """Fine-tune every encoder source frozen and fine-tuned for each seed; returns the Markdown table.
 
     ``encoders`` maps a row label (e.g. ``'random'``, ``'CromSS'``) to a source. Runs land in
     ``<out_dir>/<name>/<label>/<mode>/seed<k>/`` and the table in ``<out_dir>/<name>/table.{md,csv}``.
+    Seed folders holding results are refused unless ``overwrite`` (see :func:`cromss.transfer.finetune`).
     """
     base = load_finetune_config(config_path_or_cfg)
     base.output_dir = str(out_dir)
@@ -35,7 +37,7 @@ def run_comparison(
                 raise ConfigError(f"mode {mode!r} is not one of {list(MODES)}")
             cfg = dataclasses.replace(base, weights=source, weights_label=label, frozen=(mode == "frozen"))
             cfg.validate()
-            finetune(cfg)
+            finetune(cfg, overwrite=overwrite)
     task_dir = Path(out_dir) / base.name
     labels = [str(task_dir / label) for label in encoders]
     return write_table(labels, task_dir / "table")

@@ -110,6 +110,13 @@ class FinetuneConfig:
                 "config key 'data.val_fraction' must be > 0: fine-tuning picks the best checkpoint on a "
                 "validation split held out from train (the test split is never used for that)"
             )
+        if self.data.batch_size < 2:
+            # the decoders' pooling branches (DeepLabV3+ ASPP, PSPNet PPM) reduce to 1x1 before a BatchNorm,
+            # which cannot normalise a single value per channel in training
+            raise ConfigError(
+                f"config key 'data.batch_size': {self.data.batch_size} leaves one sample per BatchNorm batch; "
+                "fine-tuning needs >= 2 (the last short batch of an epoch is dropped for the same reason)"
+            )
         if self.weights_label is not None and not re.fullmatch(r"[A-Za-z0-9._+-]+", self.weights_label):
             raise ConfigError(
                 f"config key 'weights_label' {self.weights_label!r} may only hold letters, digits and . _ + -"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -25,8 +26,10 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    """Strict JSON, written atomically (an interrupted write keeps the earlier file) with 0666 & ~umask."""
+    from cromss.outputs import atomic_write_text
+
+    atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n", "results")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -55,10 +58,13 @@ def write_aggregate(group_dir: Path, results: list[dict[str, Any]]) -> dict[str,
         "encoder_source": first.get("encoder_source"), "mode": first.get("mode"),
         "seeds": [r.get("seed") for r in results], "metrics": aggregate(results),
     }
+    from cromss.outputs import atomic_write_text
+
     write_json(data, group_dir / "aggregate.json")
-    with open(group_dir / "aggregate.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["metric", "mean_pct", "std_pct", "n"])
-        for name, stats in data["metrics"].items():
-            writer.writerow([METRIC_TITLES[name], f"{100 * stats['mean']:.2f}", f"{100 * stats['std']:.2f}", len(results)])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["metric", "mean_pct", "std_pct", "n"])
+    for name, stats in data["metrics"].items():
+        writer.writerow([METRIC_TITLES[name], f"{100 * stats['mean']:.2f}", f"{100 * stats['std']:.2f}", len(results)])
+    atomic_write_text(group_dir / "aggregate.csv", buffer.getvalue(), "results")
     return data
