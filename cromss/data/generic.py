@@ -151,6 +151,39 @@ class GenericDataset(SegmentationDataset):
         return np.stack(labels), true
 
 
+def check_headers(description: DatasetDescription, locations: list[Location]) -> None:
+    """Open every file of ``locations`` (headers only, no pixels): band counts as declared, one label band,
+    every modality on its label's grid. Bad input is found before a run writes anything."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    for location in locations:
+        for row in location.rows:
+            grids = {}
+            for what, path in [("label", row.label), *row.images.items()]:
+                try:
+                    with rasterio.open(path) as src:
+                        count, shape, crs, transform = src.count, (src.height, src.width), src.crs, src.transform
+                except (RasterioError, OSError) as err:
+                    raise DataError(f"sample {row.sample_id} (row {row.row}): {what} {path} cannot be read "
+                                    f"as GeoTIFF: {err}") from None
+                expected = 1 if what == "label" else len(description.bands(what))
+                if count != expected:
+                    raise DataError(
+                        f"sample {row.sample_id} (row {row.row}): {what} {path} has {count} band(s), expected "
+                        f"{expected}" + ("" if what == "label" else f" ({', '.join(description.bands(what))})")
+                    )
+                grids[what] = (shape, crs, transform, path)
+            label_shape, label_crs, label_transform, _ = grids.pop("label")
+            for what, (shape, crs, transform, path) in grids.items():
+                if shape != label_shape or crs != label_crs or not transform.almost_equals(label_transform):
+                    raise DataError(
+                        f"sample {row.sample_id} (row {row.row}): {what} {path} lies on another grid than its "
+                        f"label {row.label}: {shape[0]}x{shape[1]} px, {tuple(transform)[:6]}, {crs} vs "
+                        f"{label_shape[0]}x{label_shape[1]} px, {tuple(label_transform)[:6]}, {label_crs}"
+                    )
+
+
 def build_generic_dataset(cfg: DataConfig, split: str, train: bool) -> GenericDataset:
     """The ``split`` of the generic dataset at ``cfg.root`` (validation drawn by location when not declared)."""
     description = load_description(cfg.root)
@@ -164,4 +197,5 @@ def build_generic_dataset(cfg: DataConfig, split: str, train: bool) -> GenericDa
     chosen = split_locations(locations, split, cfg.val_fraction, cfg.seed)
     if not chosen:
         raise DataError(f"{description.samples_file}: no rows of split '{split}'")
+    check_headers(description, chosen)
     return GenericDataset(cfg, description, chosen, train, max_timestamps(locations))

@@ -130,11 +130,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     from cromss.locks import FolderLock
     from cromss.outputs import prepare_output_dir
 
+    from cromss.data import CromSSDataModule
+
     cfg = resolve_config(cfg)
     run_dir = run_dir_of(cfg)
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    # the data is read and checked BEFORE the run folder exists: bad input leaves nothing behind
+    datamodule = CromSSDataModule(cfg.data)
+    datamodule.setup("fit")
     if _process_rank() != 0:  # DDP ranks > 0 write nothing; rank 0 holds the lock
-        return _fit(cfg, resume, run_dir, last, _start_epoch(cfg, resume, run_dir, last), None)
+        return _fit(cfg, resume, run_dir, last, _start_epoch(cfg, resume, run_dir, last), None, datamodule)
     created = not run_dir.exists()
     prepare_output_dir(run_dir, "run folder")
     lock = FolderLock(run_dir / LOCK_FILE, run_dir, "run folder")
@@ -147,7 +152,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             _remove_if_empty(run_dir)
         raise
     try:
-        return _launch(cfg, resume, run_dir, last, start_epoch)
+        return _launch(cfg, resume, run_dir, last, start_epoch, datamodule)
     finally:
         lock.release()
 
@@ -179,7 +184,8 @@ def _start_epoch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path) -
     return int(state.get("epoch", -1)) + 1
 
 
-def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int) -> dict[str, Any]:
+def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int,
+            datamodule: Any = None) -> dict[str, Any]:
     """Rank 0, lock held, checks passed: record this launch's config, then train."""
     from cromss.outputs import atomic_write_bytes
     from cromss.training.history import next_launch, record_launch_config
@@ -194,7 +200,7 @@ def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_
     if changes:
         print(f"cromss pretrain --resume: config differs from the previous launch ({path} has the diff "
               f"{path.with_suffix('.diff').name}): " + "; ".join(changes))
-    return _fit(cfg, resume, run_dir, last, start_epoch, launch)
+    return _fit(cfg, resume, run_dir, last, start_epoch, launch, datamodule)
 
 
 #: Messages of torch.distributed / gloo / NCCL when a peer process died in a collective.
@@ -213,7 +219,7 @@ def _peer_failed(err: BaseException) -> bool:
 
 
 def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int,
-         launch: int | None) -> dict[str, Any]:
+         launch: int | None, datamodule: Any = None) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -232,7 +238,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
     # identical initial weights on every rank; per-rank, per-epoch streams are seeded in the module
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = CromSSModule(cfg)
-    datamodule = CromSSDataModule(cfg.data)
+    datamodule = datamodule if datamodule is not None else CromSSDataModule(cfg.data)
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir, filename=Path(BEST_CHECKPOINT).stem, monitor="val/loss", mode="min",
         save_top_k=1, save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False,
