@@ -127,10 +127,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     (:mod:`cromss.training.history`): a resume keeps ``config.yaml`` and the earlier rows of
     ``metrics.csv`` and is refused before anything is written when the model architecture differs.
     """
+    from cromss.data import CromSSDataModule
     from cromss.locks import FolderLock
     from cromss.outputs import prepare_output_dir
-
-    from cromss.data import CromSSDataModule
 
     cfg = resolve_config(cfg)
     run_dir = run_dir_of(cfg)
