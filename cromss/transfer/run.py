@@ -84,6 +84,7 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
     result = {
         "task": cfg.name,
         "encoder_label": cfg.label,
+        "encoder_title": cfg.title,
         "encoder_source": cfg.weights,
         "frozen": cfg.frozen,
         "mode": cfg.mode,
