@@ -180,11 +180,8 @@ class ViTConfig:
             )
         if self.embed_dim % 4:
             raise ConfigError(f"config key 'vit.embed_dim' must be a multiple of 4 (sin-cos embedding), got {self.embed_dim}")
-        if not 0 < self.channel_embed < self.embed_dim or (self.embed_dim - self.channel_embed) % 4:
-            raise ConfigError(
-                f"config key 'vit.channel_embed' must be in (0, embed_dim) with embed_dim - channel_embed a "
-                f"multiple of 4, got {self.channel_embed}"
-            )
+        if self.channel_embed < 2 or self.channel_embed % 2:
+            raise ConfigError(f"config key 'vit.channel_embed' must be even and >= 2, got {self.channel_embed}")
         indices = self.block_indices()
         if len(indices) != 4 or any(not 0 <= i < self.depth for i in indices) or indices != sorted(set(indices)):
             raise ConfigError(f"config key 'vit.out_indices' must be 4 increasing block indices < depth {self.depth}, got {indices}")
@@ -194,6 +191,14 @@ class ViTConfig:
         if self.decoder_channels < 1 or self.segmenter_layers < 1 or not 0 <= self.segmenter_dropout < 1:
             raise ConfigError("config keys 'vit.decoder_channels'/'vit.segmenter_layers' must be >= 1, "
                               "'vit.segmenter_dropout' in [0, 1)")
+
+    def check_group_width(self) -> None:
+        """satMAE: the position embedding gets embed_dim - channel_embed channels (a 2-D sin-cos: multiple of 4)."""
+        if not self.channel_embed < self.embed_dim or (self.embed_dim - self.channel_embed) % 4:
+            raise ConfigError(
+                f"config key 'vit.channel_embed' must be < vit.embed_dim ({self.embed_dim}) with the difference a "
+                f"multiple of 4, got {self.channel_embed}"
+            )
 
     def block_indices(self) -> list[int]:
         if self.out_indices is not None:

@@ -1,4 +1,8 @@
-"""Transfer learning (paper Sec. IV-A): pretrained ResNet encoders in smp segmentation frameworks.
+"""Transfer learning (paper Sec. IV-A): pretrained encoders in segmentation frameworks.
+
+ResNet encoders go into smp frameworks; the comparison baselines (``cromss.baselines``: ViT-Large
+scaleMAE / satMAE / satMAE++ / DOFA in UPerNet or Segmenter, Satlas ResNet-50) are chosen with the
+config key ``baseline``.
 
 One fine-tuning run = one encoder source x frozen/fine-tuned x one seed, in its own folder::
 

@@ -130,6 +130,8 @@ class FinetuneConfig:
             return
         spec = BASELINES[self.baseline]
         spec.check_input(self.modality, self.input_bands)  # also refuses a modality it has no model of
+        if spec.family == "group_vit":
+            self.vit.check_group_width()
         if spec.is_vit and self.framework not in VIT_FRAMEWORKS:
             raise ConfigError(
                 f"baseline '{self.baseline}' is a ViT: config key 'framework' must be one of {list(VIT_FRAMEWORKS)}, "
