@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cromss.baselines.bands import band_indices, wavelengths
@@ -59,8 +60,14 @@ class ViTSegmentationModel(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.encoder(x.index_select(1, self.input_index))
-        return self.decoder(features, (x.shape[-2], x.shape[-1]))
+        height, width = x.shape[-2:]
+        patch = self.encoder.patch_size
+        pad_h, pad_w = (-height) % patch, (-width) % patch
+        x = x.index_select(1, self.input_index)
+        if pad_h or pad_w:  # whole patches only (the transfer module already pads; direct callers may not)
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        logits = self.decoder(self.encoder(x), (height + pad_h, width + pad_w))
+        return logits[..., :height, :width]
 
 
 def build_baseline_model(
