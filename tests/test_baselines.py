@@ -283,12 +283,16 @@ def test_dofa_is_consistent_under_a_joint_band_and_wavelength_permutation(tmp_pa
 
 
 def test_position_embedding_follows_the_input_size(tmp_path: Path) -> None:
-    """A 96 px-pretrained satMAE (12 x 12) runs on 64 and 50 px inputs (bicubic resampling), logits at input size."""
+    """satMAE (12 x 12 grid) runs on 64 and 50 px inputs, DOFA on 47 x 45; logits at the input size."""
     path = write_satmae(tmp_path / "satmae.pth")
     module = build_module(_cfg("satmae", "s2", 13, "upernet", str(path))).eval()
     with torch.no_grad():
         for size in (64, 50):  # 50: padded to a multiple of the patch (8), then cropped back
             assert module(torch.rand(1, 13, size, size)).shape == (1, 9, size, size)
+    # called directly (no transfer-module padding): DOFA's padded 16 px kernel still sees whole patches
+    dofa = build_module(_cfg("dofa", "s2", 9, "upernet", str(write_dofa(tmp_path / "dofa.pth")))).model.eval()
+    with torch.no_grad():
+        assert dofa(torch.rand(1, 9, 47, 45)).shape == (1, 9, 47, 45)
 
 
 def test_wrong_layouts_are_refused_with_the_expected_file_named(tmp_path: Path) -> None:
