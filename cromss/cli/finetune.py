@@ -25,6 +25,11 @@ examples:
   cromss finetune --config configs/finetune/dw-deeplabv3plus.yaml \\
       --encoder weights-cromss-13B-midFusion-epoch=199.ckpt --modality s2 --frozen data.root=/data/dw
   cromss finetune --config configs/demo/finetune-dw.yaml --encoder runs/pretrain/demo --modality s1
+
+comparison baselines of Tables II-IV (ViT-Large scaleMAE / satMAE / satMAE++ / DOFA in UPerNet at lr 1e-4,
+Satlas ResNet-50), read from their published files (docs/transfer.md):
+  cromss finetune --config configs/finetune/baselines/dw-satmae.yaml \\
+      --encoder checkpoint_ViT-L_pretrain_fmow_sentinel.pth --frozen data.root=/data/dw
 """
 
 EVALUATE_HELP = """\
@@ -67,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     finetune.add_argument(
         "--encoder", default=None, metavar="SOURCE",
         help="encoder weights: 'random', a 'cromss pretrain' run folder, an exported .safetensors file, an "
-        "official CromSS .ckpt, a published name like cromss/13b-midf (cromss fetch --list) or an "
-        "SSL4EO-S12/torchgeo ResNet file (default: the config's 'weights')",
+        "official CromSS .ckpt, a published name like cromss/13b-midf (cromss fetch --list), an "
+        "SSL4EO-S12/torchgeo ResNet file, or the published file of the config's 'baseline' (default: the "
+        "config's 'weights')",
     )
     finetune.add_argument("--label", default=None, help="folder/table name of the encoder (default: file stem)")
     finetune.add_argument("--modality", choices=("s1", "s2"), default=None, help="input sensor (default: config)")

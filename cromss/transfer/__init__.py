@@ -1,4 +1,8 @@
-"""Transfer learning (paper Sec. IV-A): pretrained ResNet encoders in smp segmentation frameworks.
+"""Transfer learning (paper Sec. IV-A): pretrained encoders in segmentation frameworks.
+
+ResNet encoders go into smp frameworks; the comparison baselines (``cromss.baselines``: ViT-Large
+scaleMAE / satMAE / satMAE++ / DOFA in UPerNet or Segmenter, Satlas ResNet-50) are chosen with the
+config key ``baseline``.
 
 One fine-tuning run = one encoder source x frozen/fine-tuned x one seed, in its own folder::
 
@@ -33,7 +37,13 @@ from cromss.transfer.config import (
     weights_label,
 )
 from cromss.transfer.evaluate import evaluate_run, format_metrics, load_run
-from cromss.transfer.models import build_segmentation_model, load_encoder_weights, pad_to_multiple
+from cromss.transfer.models import (
+    build_model,
+    build_segmentation_model,
+    load_encoder_weights,
+    load_source_weights,
+    pad_to_multiple,
+)
 from cromss.transfer.module import build_module, evaluate_model, finetune_module_class
 from cromss.transfer.results import aggregate, mean_std, write_aggregate, write_json
 from cromss.transfer.run import finetune, finetune_once
@@ -47,9 +57,9 @@ from cromss.transfer.tables import (
 
 __all__ = [
     "FRAMEWORKS", "METRIC_TITLES", "MODES", "MODE_TITLES", "FinetuneConfig", "TrainerConfig",
-    "aggregate", "build_module", "build_segmentation_model", "collect_table", "evaluate_model",
+    "aggregate", "build_model", "build_module", "build_segmentation_model", "collect_table", "evaluate_model",
     "evaluate_run", "finetune", "finetune_module_class", "finetune_once", "format_cell", "format_metrics",
-    "load_encoder_weights", "load_finetune_config", "load_run", "mean_std", "pad_to_multiple",
+    "load_encoder_weights", "load_finetune_config", "load_source_weights", "load_run", "mean_std", "pad_to_multiple",
     "render_markdown", "resolved_data_config", "run_comparison", "table_rows", "weights_label",
     "write_aggregate", "write_json", "write_table",
 ]

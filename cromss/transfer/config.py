@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cromss.baselines.registry import BASELINES, VIT_FRAMEWORKS, ViTConfig
 from cromss.config import from_dict, load_config, to_dict
 from cromss.data import DataConfig
 from cromss.errors import ConfigError
-from cromss.schema import CLASS_TABLES
+from cromss.schema import CLASS_TABLES, modality_bands
 
-FRAMEWORKS: tuple[str, ...] = ("pspnet", "deeplabv3plus", "fpn", "unet", "upernet")
+FRAMEWORKS: tuple[str, ...] = ("pspnet", "deeplabv3plus", "fpn", "unet", "upernet", "segmenter")
 #: Column titles of the paper's tables, in order.
 METRIC_TITLES: dict[str, str] = {"oa": "OA", "aa": "AA", "miou": "mIoU", "mf1": "mF1"}
 MODES: tuple[str, ...] = ("frozen", "finetuned")
@@ -59,8 +60,14 @@ class FinetuneConfig:
     output_dir: str = "runs/finetune"
     #: the downstream set; give at least ``kind`` and ``root`` in YAML (other keys: DataConfig defaults)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="dw", crop_size=None))
-    framework: Literal["pspnet", "deeplabv3plus", "fpn", "unet", "upernet"] = "deeplabv3plus"
+    framework: Literal["pspnet", "deeplabv3plus", "fpn", "unet", "upernet", "segmenter"] = "deeplabv3plus"
     encoder: str = "resnet50"
+    #: a comparison baseline of the paper (``cromss.baselines``): 'scalemae', 'satmae', 'satmae++', 'dofa'
+    #: (ViT-Large; framework upernet or segmenter) or 'satlas' (ResNet-50, smp frameworks); ``weights`` is
+    #: then its published file (or 'random')
+    baseline: Literal["scalemae", "satmae", "satmae++", "dofa", "satlas"] | None = None
+    #: ViT size and ViT decoder settings (used with a ViT baseline)
+    vit: ViTConfig = field(default_factory=ViTConfig)
     weights: str = "random"
     #: Folder name of the encoder source in the run tree (default: derived from ``weights``).
     weights_label: str | None = None
@@ -117,12 +124,38 @@ class FinetuneConfig:
                 f"config key 'data.batch_size': {self.data.batch_size} leaves one sample per BatchNorm batch; "
                 "fine-tuning needs >= 2 (the last short batch of an epoch is dropped for the same reason)"
             )
+        self._validate_baseline()
         if self.weights_label is not None and not re.fullmatch(r"[A-Za-z0-9._+-]+", self.weights_label):
             raise ConfigError(
                 f"config key 'weights_label' {self.weights_label!r} may only hold letters, digits and . _ + -"
             )
 
+    def _validate_baseline(self) -> None:
+        if self.baseline is None:
+            if self.framework in VIT_FRAMEWORKS and self.framework != "upernet":
+                raise ConfigError(f"framework {self.framework!r} needs a ViT baseline (config key 'baseline')")
+            return
+        spec = BASELINES[self.baseline]
+        spec.check_input(self.modality, self.input_bands)  # also refuses a modality it has no model of
+        if spec.family == "group_vit":
+            self.vit.check_group_width()
+        if spec.is_vit and self.framework not in VIT_FRAMEWORKS:
+            raise ConfigError(
+                f"baseline '{self.baseline}' is a ViT: config key 'framework' must be one of {list(VIT_FRAMEWORKS)}, "
+                f"got {self.framework!r}"
+            )
+        if not spec.is_vit and (self.framework == "segmenter" or self.encoder != "resnet50"):
+            raise ConfigError(
+                f"baseline '{self.baseline}' is a ResNet-50: set encoder: resnet50 and an smp framework "
+                f"(got {self.encoder!r} in {self.framework!r})"
+            )
+
     # -- derived values
+    @property
+    def input_bands(self) -> tuple[str, ...]:
+        """Band names of the model input, in order."""
+        return modality_bands(self.modality, self.s2_bands)
+
     @property
     def in_channels(self) -> int:
         return 2 if self.modality == "s1" else self.s2_bands
@@ -139,7 +172,20 @@ class FinetuneConfig:
 
     @property
     def label(self) -> str:
-        return self.weights_label or weights_label(self.weights)
+        if self.weights_label:
+            return self.weights_label
+        if self.baseline is not None:
+            label = BASELINES[self.baseline].folder_label(self.modality)
+            return label if self.weights != "random" else f"random_{label}"
+        return weights_label(self.weights)
+
+    @property
+    def title(self) -> str:
+        """Row name in tables: a baseline's paper name (e.g. 'satMAE++ (10B)') unless a label is given."""
+        if self.baseline is not None and not self.weights_label:
+            title = BASELINES[self.baseline].row_title(self.modality)
+            return title if self.weights != "random" else f"random {title}"
+        return self.label
 
     @property
     def mode(self) -> str:

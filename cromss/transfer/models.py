@@ -72,3 +72,22 @@ def load_encoder_weights(
     return {key: info[key] for key in keep if key in info}
 
 
+def build_model(cfg: Any) -> torch.nn.Module:
+    """The segmentation model of a FinetuneConfig: an smp model, or a ViT baseline (``cfg.baseline``)."""
+    if cfg.baseline is not None:
+        from cromss.baselines.registry import BASELINES
+
+        if BASELINES[cfg.baseline].is_vit:
+            from cromss.baselines.model import build_baseline_model
+
+            return build_baseline_model(cfg.baseline, cfg.framework, cfg.modality, cfg.input_bands, cfg.classes, cfg.vit)
+    return build_segmentation_model(cfg.framework, cfg.encoder, cfg.in_channels, cfg.classes)
+
+
+def load_source_weights(model: torch.nn.Module, cfg: Any) -> dict[str, Any]:
+    """Load the encoder source of a FinetuneConfig into ``model.encoder``; returns its info dict."""
+    if cfg.baseline is not None:
+        from cromss.baselines.checkpoints import load_baseline_weights
+
+        return load_baseline_weights(model, cfg.weights, cfg.baseline, cfg.modality, cfg.input_bands, cfg.vit)
+    return load_encoder_weights(model, cfg.weights, cfg.modality, cfg.in_channels, encoder_name=cfg.encoder)

@@ -15,7 +15,7 @@ from cromss.errors import DataError
 from cromss.metrics import SCALAR_METRICS, SegmentationMetrics
 from cromss.schema import IGNORE_INDEX
 from cromss.transfer.config import FinetuneConfig
-from cromss.transfer.models import build_segmentation_model, load_encoder_weights, pad_to_multiple
+from cromss.transfer.models import build_model, load_source_weights, pad_to_multiple
 
 
 def _lightning_module_class() -> type:
@@ -35,9 +35,7 @@ def _lightning_module_class() -> type:
             super().__init__()
             self.save_hyperparameters()
             self.cfg = from_dict(FinetuneConfig, copy.deepcopy(config))
-            self.model = build_segmentation_model(
-                self.cfg.framework, self.cfg.encoder, self.cfg.in_channels, self.cfg.classes
-            )
+            self.model = build_model(self.cfg)
             self.val_metrics = SegmentationMetrics(self.cfg.classes)
             self.apply_freeze()
 
@@ -119,9 +117,7 @@ def build_module(cfg: FinetuneConfig, load_weights: bool = True) -> Any:
     """The FinetuneModule of ``cfg``, with the encoder source loaded when ``load_weights``."""
     module = finetune_module_class()(to_dict(cfg))
     if load_weights:
-        module.weights_info = load_encoder_weights(
-            module.model, cfg.weights, cfg.modality, cfg.in_channels, encoder_name=cfg.encoder
-        )
+        module.weights_info = load_source_weights(module.model, cfg)
         module.apply_freeze()
     return module
 

@@ -232,6 +232,7 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
     result = {
         "task": cfg.name,
         "encoder_label": cfg.label,
+        "encoder_title": cfg.title,
         "encoder_source": cfg.weights,
         "frozen": cfg.frozen,
         "mode": cfg.mode,

@@ -50,7 +50,7 @@ def _run_identity(path: Path, data: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def collect_table(patterns: list[str]) -> dict[str, Any]:
-    """Group metrics.json files under ``patterns`` by (task, label, mode); mean/std per metric."""
+    """Group metrics.json files under ``patterns`` by (task, label, mode); mean/std per metric, ``n``, ``title``."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     seen: dict[tuple[str, str, str, Any], Path] = {}
     for path in _collect_metrics_files(patterns):
@@ -70,7 +70,11 @@ def collect_table(patterns: list[str]) -> dict[str, Any]:
             )
         seen[seed_key] = path
         groups.setdefault(identity, []).append(data)
-    return {key: aggregate(results) | {"n": len(results)} for key, results in groups.items()}
+    # a run's row name (e.g. a baseline's paper name 'satMAE++ (10B)'); older runs have none
+    return {
+        key: aggregate(results) | {"n": len(results), "title": results[0].get("encoder_title") or key[1]}
+        for key, results in groups.items()
+    }
 
 
 def format_cell(stats: dict[str, float] | None) -> str:
@@ -86,7 +90,8 @@ def table_rows(patterns: list[str]) -> tuple[list[str], list[list[str]]]:
     tasks = list(dict.fromkeys(task for task, _, _ in groups))
     rows_by_key: dict[tuple[str, str], list[str]] = {}
     for task, label in dict.fromkeys((task, label) for task, label, _ in groups):
-        name = label if len(tasks) == 1 else f"{task}: {label}"
+        title = next(groups[(task, label, m)]["title"] for m in MODES if (task, label, m) in groups)
+        name = title if len(tasks) == 1 else f"{task}: {title}"
         cells = [name]
         for mode in MODES:
             stats = groups.get((task, label, mode))
