@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(all checkpoints/*.ckpt). RUN_A is compared with each later run.",
                        epilog="example:\n  cromss analyze bn-kl runs/single-s2 runs/midf runs/latef --smooth 5")
     p.add_argument("runs", nargs="+", metavar="RUN", help="RUN_A RUN_B [RUN_C ...] folders or checkpoints")
-    p.add_argument("--modality", default="s2", choices=("s1", "s2"), help="U-Net to compare (default: s2)")
+    p.add_argument("--modality", default="s2", help="U-Net to compare: s1, s2 or a generic modality (default: s2)")
     p.add_argument("--smooth", type=int, default=1, help="moving-average window for the plot (paper: 5)")
     p.add_argument("--out", help="output folder (default: RUN_A/analysis)")
     p.set_defaults(func=run_bn_kl)
@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "runs/finetune/dw/cromss/finetuned/seed0")
     p.add_argument("files", nargs="+", metavar="PATH", help="BEFORE AFTER pairs (run folders, .ckpt, "
                    ".pt, .safetensors)")
-    p.add_argument("--modality", default="s2", choices=("s1", "s2"),
+    p.add_argument("--modality", default="s2",
                    help="encoder/decoder of this modality in two-modality files (default: s2)")
     p.add_argument("--bins", type=int, default=100, help="number of bins (default: 100, as the paper)")
     p.add_argument("--out", help="output folder (default: ./analysis)")
@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight sources: run folder, checkpoint, export, official or SSL4EO-S12 file")
     p.add_argument("--data", help=data_help + " (required when ENCODER is not a run folder)")
     p.add_argument("--split", default="val", choices=("train", "val", "test"), help="split (default: val)")
-    p.add_argument("--modality", default="s2", choices=("s1", "s2"), help="input modality (default: s2)")
+    p.add_argument("--modality", default="s2", help="input modality: s1, s2 or a generic one (default: s2)")
     p.add_argument("--samples", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--pixels", type=int, default=64, help="pixels sampled per image for the pixel-level "
                    "curves (default: 64)")

@@ -25,6 +25,11 @@ examples:
   cromss finetune --config configs/finetune/dw-deeplabv3plus.yaml \\
       --encoder weights-cromss-13B-midFusion-epoch=199.ckpt --modality s2 --frozen data.root=/data/dw
   cromss finetune --config configs/demo/finetune-dw.yaml --encoder runs/pretrain/demo --modality s1
+  cromss finetune --config my.yaml data.kind=generic data.root=/data/floods modality=s2 \\
+      'bands=[B2,B3,B4,B8]' --encoder s2-encoder.safetensors     # first-conv channels picked by band name
+
+Generic data (data.kind: generic, docs/data.md "Your own data"): any modality of the dataset, its bands
+by name ('bands'), and the dataset's classes (count, names, colours; recorded in the run's config.yaml).
 """
 
 EVALUATE_HELP = """\
@@ -71,7 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SSL4EO-S12/torchgeo ResNet file (default: the config's 'weights')",
     )
     finetune.add_argument("--label", default=None, help="folder/table name of the encoder (default: file stem)")
-    finetune.add_argument("--modality", choices=("s1", "s2"), default=None, help="input sensor (default: config)")
+    finetune.add_argument("--modality", default=None,
+                          help="input modality: s1 / s2, or any modality of a generic dataset (default: config)")
+    finetune.add_argument("--init-missing", choices=("mean", "zero"), default=None,
+                          help="first-conv channels of model bands the encoder weights lack: 'mean' of the "
+                          "pretrained channels or 'zero' (default: such a band is an error)")
     mode = finetune.add_mutually_exclusive_group()
     mode.add_argument("--frozen", action="store_true", default=None,
                       help="keep encoder weights and BatchNorm statistics fixed; train only the decoder")
@@ -89,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("run", metavar="RUN_OR_CKPT", help="a fine-tuning seed folder or a .ckpt file")
     evaluate.add_argument("--data", default=None, help="dataset root (default: the run's data.root)")
-    evaluate.add_argument("--kind", choices=("dw", "osm", "dfc2020"), default=None,
+    evaluate.add_argument("--kind", choices=("dw", "osm", "dfc2020", "generic"), default=None,
                           help="dataset kind (default: the run's data.kind)")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test", help="split (default: test)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
@@ -118,6 +127,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         cfg.weights_label = args.label
     if args.modality is not None:
         cfg.modality = args.modality
+    if args.init_missing is not None:
+        cfg.init_missing = args.init_missing
     if args.frozen is not None:
         cfg.frozen = args.frozen
     if args.seeds is not None:

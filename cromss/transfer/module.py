@@ -120,7 +120,8 @@ def build_module(cfg: FinetuneConfig, load_weights: bool = True) -> Any:
     module = finetune_module_class()(to_dict(cfg))
     if load_weights:
         module.weights_info = load_encoder_weights(
-            module.model, cfg.weights, cfg.modality, cfg.in_channels, encoder_name=cfg.encoder
+            module.model, cfg.weights, cfg.modality, cfg.in_channels, encoder_name=cfg.encoder,
+            bands=cfg.band_names, init_missing=cfg.init_missing,
         )
         module.apply_freeze()
     return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Any
 
 from cromss.checkpoints import safe_torch_load
 from cromss.config import dump_config
-from cromss.schema import CLASS_TABLES
-from cromss.transfer.config import FinetuneConfig, resolved_data_config
+from cromss.data.description import class_table_of
+from cromss.transfer.config import FinetuneConfig, resolve_finetune_config
 from cromss.transfer.module import build_module, evaluate_model
 from cromss.transfer.results import write_aggregate, write_json
 
@@ -28,10 +27,12 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
     from cromss.checkpoints import AtomicCheckpointIO
     from cromss.data import CromSSDataModule
 
-    run_cfg = copy.deepcopy(cfg)
+    run_cfg = resolve_finetune_config(cfg)  # before any folder exists: bad input creates nothing
     run_cfg.seed = seed
     run_cfg.seeds = [seed]
-    run_cfg.data = resolved_data_config(cfg)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    datamodule = CromSSDataModule(run_cfg.data)
+    module = build_module(run_cfg)  # encoder weights that do not fit fail here, before the run folder exists
     run_dir = cfg.run_dir(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     # a re-run replaces the run: stale best.ckpt would make Lightning write best-v1.ckpt instead
@@ -39,9 +40,6 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
         stale.unlink()
     dump_config(run_cfg, run_dir / "config.yaml")
 
-    pl.seed_everything(seed, workers=True, verbose=False)
-    datamodule = CromSSDataModule(run_cfg.data)
-    module = build_module(run_cfg)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_miou", mode="max",
         save_last=True, auto_insert_metric_name=False,
@@ -93,7 +91,7 @@ def finetune_once(cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
         "best_epoch": int(state.get("epoch", -1)),
         "best_val_miou": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "fit_seconds": round(fit_seconds, 2),
-        "class_names": list(CLASS_TABLES[run_cfg.data.kind].names),
+        "class_names": list(class_table_of(run_cfg.data).names),
         "weights_info": _plain(getattr(module, "weights_info", {})),
         **test,
     }
@@ -114,6 +112,7 @@ def _plain(value: Any) -> Any:
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run every seed of ``cfg`` (each in its own folder) and write the aggregate; returns it."""
+    cfg = resolve_finetune_config(cfg)  # checks the data once, before the first run folder
     results = [finetune_once(cfg, seed) for seed in cfg.seed_list]
     if any(result is None for result in results):  # not rank 0
         return {"seeds": cfg.seed_list, "metrics": {}}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,40 @@ def _class_table(config: Any, num_classes: int | None) -> dict[str, Any]:
         ):
             table = CLASS_TABLES[name]
             return {"name": table.name, "names": list(table.names), "colors": list(table.colors)}
+    data = config.get("data") if isinstance(config, Mapping) else None
+    names = data.get("classes") if isinstance(data, Mapping) else None
+    if isinstance(names, list) and names and (num_classes is None or len(names) == num_classes):
+        colors = data.get("class_colors") if isinstance(data.get("class_colors"), list) else []
+        return {"name": str(data.get("kind") or "dataset"), "names": [str(n) for n in names],
+                "colors": [str(c) for c in colors]}
     if num_classes in (None, DW_CLASSES.num_classes):  # the pretraining labels are Dynamic World
         return {"name": DW_CLASSES.name, "names": list(DW_CLASSES.names), "colors": list(DW_CLASSES.colors)}
     return {"name": "unknown", "names": [f"class_{i}" for i in range(num_classes)], "colors": []}
 
+
+
+def _normalization(config: Any, modality: str, bands: Sequence[str], where: str) -> dict[str, Any]:
+    """The input normalisation of a run: its dataset's band statistics (generic data, picked by band
+    name) or the packaged SSL4EO-S12 ones (built-in kinds)."""
+    method = {"method": "clip to mean ± num_std·std, then scale linearly to [0, 1]", "num_std": 2.0}
+    data = config.get("data") if isinstance(config, Mapping) else None
+    if isinstance(data, Mapping) and data.get("kind") == "generic":
+        explicit = (data.get("stats") or {}).get(modality) if isinstance(data.get("stats"), Mapping) else None
+        path = Path(explicit) if explicit else Path(str(data.get("root", ""))) / "stats" / f"{modality}_stats.json"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{where}: the band statistics of its {modality} data ({path}) are gone; the export must record "
+                f"its input normalisation (set data.stats.{modality} in the run's config.yaml)"
+            )
+        try:
+            stats = json.loads(path.read_text())
+            index = [list(stats["bands"]).index(b) for b in bands]
+            mean, std = [float(stats["mean"][i]) for i in index], [float(stats["std"][i]) for i in index]
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{where}: cannot read the band statistics {path} for {list(bands)}: {err}") from None
+        return {**method, "mean": mean, "std": std, "statistics": f"dataset statistics ({path.name})"}
+    mean, std = normalization_stats(modality, bands)
+    return {**method, "mean": mean, "std": std, "statistics": "SSL4EO-S12 (50k-sample subset)"}
 
 
 def export_encoder(source: str | Path, modality: str, out: str | Path) -> Path:
@@ -47,8 +77,8 @@ def export_encoder(source: str | Path, modality: str, out: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    if modality not in ("s1", "s2"):
-        raise CheckpointError(f"modality must be 's1' or 's2', got {modality!r}")
+    if not isinstance(modality, str) or not modality:
+        raise CheckpointError(f"modality must be a modality name such as 's1' or 's2', got {modality!r}")
     out = Path(out)
     if out.is_dir():
         out = out / f"{modality}_encoder.safetensors"
@@ -72,7 +102,7 @@ def export_encoder(source: str | Path, modality: str, out: str | Path) -> Path:
         )
     encoder = _make_encoder(info["encoder"], info["in_channels"], info["depth"])
     _load_strict(encoder, state, str(source))  # proves the one-line load works before publishing
-    mean, std = normalization_stats(modality, bands)
+    normalization = _normalization(info["config"], modality, bands, str(source))
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -85,13 +115,7 @@ def export_encoder(source: str | Path, modality: str, out: str | Path) -> Path:
         },
         "modality": modality,
         "bands": bands,
-        "normalization": {
-            "method": "clip to mean ± num_std·std, then scale linearly to [0, 1]",
-            "num_std": 2.0,
-            "mean": mean,
-            "std": std,
-            "statistics": "SSL4EO-S12 (50k-sample subset)",
-        },
+        "normalization": normalization,
         "classes": _class_table(info["config"], info["num_classes"]),
         "pretraining_config": _plain(info["config"]) if info["config"] is not None else None,
         "source": {"path": str(source), "layout": info["layout"], "prefix": info["prefix"]},

@@ -4,7 +4,7 @@ smp) and :func:`encoder_state_dict`, which returns it in smp/timm ResNet keys wi
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from cromss.errors import CheckpointError
 from cromss.schema import modality_bands
+from cromss.weights.bands import known_bands, select_input_channels
 from cromss.weights.sources import FORMAT_NAME, _key_list, _read_source
 
 #: Layouts whose input normalisation is the CromSS one (SSL4EO-S12 mean ± 2σ → [0, 1]).
@@ -23,17 +24,16 @@ CROMSS_LAYOUTS = (
     "cromss-official-late",
 )
 
-# prefix → (layout, modality) of the CromSS layouts, most specific first
+# prefix → (layout, modality) of the official CromSS layouts, most specific first
 _CROMSS_PREFIXES: tuple[tuple[str, str, str], ...] = (
-    ("net.encoders.s1.", "cromss-checkpoint", "s1"),
-    ("net.encoders.s2.", "cromss-checkpoint", "s2"),
-    ("encoders.s1.", "cromss-net", "s1"),
-    ("encoders.s2.", "cromss-net", "s2"),
     ("net.model1.encoder.", "cromss-official-late", "s1"),
     ("net.model2.encoder.", "cromss-official-late", "s2"),
     ("net.encoder1.", "cromss-official-mid", "s1"),
     ("net.encoder.", "cromss-official-mid", "s2"),
 )
+# our own layouts: encoders.<modality>. (CromSSNet) and net.encoders.<modality>. (Lightning checkpoint);
+# modality names are any dataset's (s1, s2, optical, ...)
+_OWN_PREFIX = re.compile(r"^((?:net\.)?)encoders\.([A-Za-z0-9_-]+)\.")
 # block counts per stage → torchvision/timm ResNet name
 _RESNETS: dict[tuple[bool, tuple[int, ...]], str] = {
     (False, (2, 2, 2, 2)): "resnet18",
@@ -107,8 +107,8 @@ def _expected_channels_text(modality: str | None, in_channels: int | None) -> st
 
 
 def _check_channels(found: int | None, modality: str | None, in_channels: int | None, where: str) -> None:
-    if found is None or (modality is None and in_channels is None):
-        return
+    if found is None or (in_channels is None and modality not in ("s1", "s2")):
+        return  # nothing to check against (a generic modality is checked by band name)
     ok = found == in_channels if in_channels is not None else found in ((2,) if modality == "s1" else (13, 9))
     if not ok:
         raise CheckpointError(
@@ -121,14 +121,33 @@ def _modality_for_channels(channels: int | None) -> str | None:
     return {2: "s1", 13: "s2", 9: "s2"}.get(channels) if channels is not None else None
 
 
-def _bands_for(modality: str | None, channels: int | None) -> list[str] | None:
-    if modality is None or channels is None:
+def _cromss_prefixes(flat: Mapping[str, Tensor]) -> list[tuple[str, str, str]]:
+    """(prefix, layout, modality) of every encoder of a CromSS layout in ``flat``, in key order."""
+    present: dict[str, tuple[str, str, str]] = {}
+    for key in flat:
+        match = _OWN_PREFIX.match(key)
+        if match and match.group(0) not in present:
+            layout = "cromss-checkpoint" if match.group(1) else "cromss-net"
+            present[match.group(0)] = (match.group(0), layout, match.group(2))
+    if present:
+        return list(present.values())
+    return [(p, layout, m) for p, layout, m in _CROMSS_PREFIXES if any(k.startswith(p) for k in flat)]
+
+
+def _run_bands(config: Any, modality: str, channels: int | None) -> list[str] | None:
+    """Band names of ``modality``'s input as a pretraining run's resolved config records them
+    (``model.bands``, else the S1/S2 tables of ``model.s2_bands``); None when the config has no model."""
+    model = config.get("model") if isinstance(config, Mapping) else None
+    if not isinstance(model, Mapping):
         return None
-    try:
-        bands = list(modality_bands(modality, channels if modality == "s2" else 13))
-    except ValueError:
-        return None
-    return bands if len(bands) == channels else None
+    bands = (model.get("bands") or {}).get(modality) if isinstance(model.get("bands"), Mapping) else None
+    if bands is None:
+        try:
+            bands = modality_bands(modality, int(model.get("s2_bands", 13)))
+        except (ValueError, TypeError):
+            return None
+    bands = [str(b) for b in bands]
+    return bands if channels is None or len(bands) == channels else None
 
 
 def _num_classes(flat: Mapping[str, Tensor]) -> int | None:
@@ -139,7 +158,11 @@ def _num_classes(flat: Mapping[str, Tensor]) -> int | None:
 
 
 def encoder_state_dict(
-    source: str | Path, modality: str | None = None, in_channels: int | None = None
+    source: str | Path,
+    modality: str | None = None,
+    in_channels: int | None = None,
+    bands: Sequence[str] | None = None,
+    init_missing: str | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The encoder weights of ``source`` in smp/timm key layout, plus a description.
 
@@ -148,21 +171,51 @@ def encoder_state_dict(
             checkpoint; an official CromSS checkpoint (``weights-cromss-13B-midFusion-epoch=199.ckpt``
             and siblings); a torchgeo / SSL4EO-S12 ResNet file (plain timm state dict, or full MoCo /
             DINO / DeCUR checkpoints).
-        modality: ``'s1'`` or ``'s2'``; picks the encoder of a two-encoder file (may be left out when
-            ``in_channels`` decides it).
-        in_channels: input channels of the model the weights are meant for; a mismatch raises.
+        modality: the modality name (``'s1'``, ``'s2'``, or a generic run's, e.g. ``'optical'``); picks
+            the encoder of a several-encoder file (may be left out when ``in_channels`` decides it).
+        in_channels: input channels of the model the weights are meant for; a mismatch raises (unless
+            ``bands`` is given).
+        bands: band names of the model's input. The first-conv channels are then selected BY NAME from
+            the weights' band names (:func:`cromss.weights.bands.select_input_channels`); a band the
+            weights lack raises, naming it, unless ``init_missing`` ('mean' | 'zero') initialises it.
+            Weights that record no band names load only into as many bands (not checkable by name).
+        init_missing: see ``bands``.
 
     Returns:
         ``(state_dict, info)`` — keys like ``conv1.weight``, ``bn1.*``, ``layer1.0.*`` (no ``fc``);
         ``info`` has ``source``, ``layout``, ``modality``, ``in_channels``, ``encoder`` (name or None),
-        ``bands`` (list or None), ``config`` (pretraining config or None), ``num_classes``, ``prefix``.
+        ``bands`` (the weights' band names, or None), ``config`` (pretraining config or None),
+        ``num_classes``, ``prefix``; with ``bands``, also ``band_selection`` (what was selected / initialised).
 
     Raises:
         CheckpointError: unreadable / unsafe file, unknown layout, ambiguous or mismatched modality or
             band count.
     """
-    if modality not in (None, "s1", "s2"):
-        raise CheckpointError(f"modality must be 's1' or 's2', got {modality!r}")
+    if modality is not None and not isinstance(modality, str):
+        raise CheckpointError(f"modality must be a modality name such as 's1' or 's2', got {modality!r}")
+    if bands is None:
+        return _encoder_state_dict(source, modality, in_channels)
+    state, info = _encoder_state_dict(source, modality, None, pick_channels=in_channels)
+    where = str(source)
+    if info["bands"] is None:
+        if info["in_channels"] != len(bands):
+            raise CheckpointError(
+                f"{where} records no band names and has {info['in_channels']} input channels; the model is fed "
+                f"{len(bands)} bands {list(bands)}, so its channels cannot be selected by name"
+            )
+        info["band_selection"] = {"model_bands": list(bands), "checked": False}
+        return state, info
+    state, report = select_input_channels(state, info["bands"], bands, init_missing, where)
+    info["band_selection"] = {**report, "checked": True}
+    return state, info
+
+
+def _encoder_state_dict(
+    source: str | Path, modality: str | None, in_channels: int | None, pick_channels: int | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """:func:`encoder_state_dict` without band selection; ``in_channels`` is checked, ``pick_channels``
+    (or ``in_channels``) only picks the encoder of a several-encoder file."""
+    pick_channels = pick_channels if pick_channels is not None else in_channels
     flat, hyper, config, ckpt_path = _read_source(source)
     where = str(source)
     if not flat:
@@ -174,7 +227,8 @@ def encoder_state_dict(
         if modality is not None and meta.get("modality") != modality:
             raise CheckpointError(f"{where} holds the {meta.get('modality')} encoder, not {modality}")
         found = int(meta["architecture"]["in_channels"])
-        _check_channels(found, meta.get("modality"), in_channels, where)
+        if not meta.get("bands") or in_channels is not None:
+            _check_channels(found, meta.get("modality"), in_channels, where)
         info = {
             "source": where,
             "layout": "cromss-export",
@@ -191,18 +245,18 @@ def encoder_state_dict(
         return dict(flat), info
 
     # ---- CromSS layouts (ours and the official release)
-    present = [(p, layout, m) for p, layout, m in _CROMSS_PREFIXES if any(k.startswith(p) for k in flat)]
+    present = _cromss_prefixes(flat)
     if present:
         available = [m for _, _, m in present]
         if modality is None:
-            by_channels = _modality_for_channels(in_channels)
+            by_channels = _modality_for_channels(pick_channels)
             if len(available) == 1:
                 modality = available[0]
             elif by_channels in available:
                 modality = by_channels
             else:
                 raise CheckpointError(
-                    f"{where} holds encoders for {available}: pass modality='s1' or 's2' (--modality)"
+                    f"{where} holds encoders for {available}: pass the modality (--modality)"
                 )
         chosen = [(p, layout) for p, layout, m in present if m == modality]
         if not chosen:
@@ -210,9 +264,13 @@ def encoder_state_dict(
         prefix, layout = chosen[0]
         state = _sub_state_dict(flat, prefix)
         found = _first_conv_in_channels(state)
-        _check_channels(found, modality, in_channels, f"{where} ({modality} encoder)")
         model_cfg = (config or {}).get("model", {}) if isinstance(config, Mapping) else {}
         encoder_name = model_cfg.get("encoder") if isinstance(model_cfg, Mapping) else None
+        # our runs record their bands in the resolved config; the official release has known tables
+        weight_bands = _run_bands(config, modality, found) if layout.startswith("cromss-") and not \
+            layout.startswith("cromss-official") else known_bands(modality, found)
+        if weight_bands is None or in_channels is not None:
+            _check_channels(found, modality, in_channels, f"{where} ({modality} encoder)")
         info = {
             "source": where,
             "layout": layout,
@@ -220,7 +278,7 @@ def encoder_state_dict(
             "in_channels": found,
             "encoder": encoder_name or infer_resnet_name(state),
             "depth": 5,
-            "bands": _bands_for(modality, found),
+            "bands": weight_bands,
             "config": config,
             "num_classes": _num_classes(flat),
             "prefix": prefix,
@@ -236,7 +294,7 @@ def encoder_state_dict(
             f"found. First keys: {_key_list(list(flat))}"
         )
     if len(candidates) > 1:
-        wanted = in_channels
+        wanted = pick_channels
         matching = {
             p: s
             for p, s in candidates.items()
@@ -257,7 +315,9 @@ def encoder_state_dict(
         candidates = matching
     prefix, state = next(iter(candidates.items()))
     found = _first_conv_in_channels(state)
-    _check_channels(found, modality, in_channels, where)
+    weight_bands = known_bands(modality or _modality_for_channels(found), found)
+    if weight_bands is None or in_channels is not None:
+        _check_channels(found, modality, in_channels, where)
     info = {
         "source": where,
         "layout": _third_party_layout(prefix),
@@ -265,7 +325,7 @@ def encoder_state_dict(
         "in_channels": found,
         "encoder": infer_resnet_name(state),
         "depth": 5,
-        "bands": _bands_for(modality or _modality_for_channels(found), found),
+        "bands": weight_bands,
         "config": None,
         "num_classes": None,
         "prefix": prefix,

@@ -102,17 +102,24 @@ def load_into(
     source: str | Path,
     modality: str | None = None,
     expect_bands: Sequence[str] | None = None,
+    bands: Sequence[str] | None = None,
+    init_missing: str | None = None,
 ) -> dict[str, Any]:
     """Fill the encoder of an smp model (or a bare smp encoder) with the weights of ``source``.
 
     Any source of :func:`encoder_state_dict` works; the model's input channels pick/verify the
-    modality. Loading is strict; only stages an encoder built with a smaller ``encoder_depth``
+    modality. ``bands`` (the band names the model is fed) selects the first-conv channels BY NAME from
+    the weights' bands (any subset / order; a band they lack raises unless ``init_missing`` is 'mean' or
+    'zero', see :mod:`cromss.weights.bands`). ``expect_bands`` instead requires the weights' band list
+    to be exactly that. Loading is strict; only stages an encoder built with a smaller ``encoder_depth``
     lacks may be skipped. Returns the ``info`` dict of :func:`encoder_state_dict`.
     """
     target = getattr(model, "encoder", model)
     own = target.state_dict()
     in_channels = _first_conv_in_channels(own)
-    state, info = encoder_state_dict(source, modality, in_channels=in_channels)
+    if bands is not None and in_channels is not None and len(bands) != in_channels:
+        raise CheckpointError(f"bands {list(bands)} are {len(bands)} but the model has {in_channels} input channels")
+    state, info = encoder_state_dict(source, modality, in_channels=in_channels, bands=bands, init_missing=init_missing)
     _check_bands(info["bands"], expect_bands, str(source))
     extra = [k for k in state if k not in own]
     if extra and getattr(target, "_depth", 5) < info.get("depth", 5):
@@ -120,5 +127,3 @@ def load_into(
         info["skipped_keys"] = extra
     _load_strict(target, state, str(source))
     return info
-
-
