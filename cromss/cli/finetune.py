@@ -45,6 +45,8 @@ example:
 TABLE_HELP = """\
 Collect metrics.json files of fine-tuning runs and write the paper's table: rows = encoder weights,
 columns = Frozen / Fine-tuned x OA, AA, mIoU, mF1, values "mean±std" in % (sample std over seeds).
+With --per-class (the default for generic data), a second table gives the IoU of every class, its
+columns named by the data's classes.
 
 example:
   cromss table 'runs/finetune/dw/*' --out runs/finetune/dw/table     # writes table.md and table.csv
@@ -113,6 +115,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("runs", nargs="+", metavar="RUN_GLOB",
                        help="run folders, globs or metrics.json files (searched recursively)")
     table.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
+    table.add_argument("--per-class", action=argparse.BooleanOptionalAction, default=None,
+                       help="add the per-class IoU table named by the data's classes (PREFIX_per_class.csv); "
+                       "default: for the user's own classes (generic data), not for the built-in tasks")
     table.set_defaults(func=run_table)
 
 
@@ -164,7 +169,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_table(args: argparse.Namespace) -> int:
     from cromss.transfer import write_table
 
-    markdown = write_table(args.runs, args.out)
+    markdown = write_table(args.runs, args.out, per_class=args.per_class)
     print(markdown, end="")
     if args.out is not None:
         print(json.dumps({"markdown": f"{args.out}.md", "csv": f"{args.out}.csv"}))

@@ -133,11 +133,28 @@ def render_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(patterns: list[str], out_prefix: str | Path | None = None) -> str:
-    """The aggregate table as Markdown (returned) and, with ``out_prefix``, ``<prefix>.md``/``.csv``."""
+def _want_per_class(patterns: list[str], wanted: bool | None) -> tuple[list[str], list[list[str]]] | None:
+    if wanted is False:
+        return None
+    table = per_class_rows(patterns)
+    if table is None or wanted:
+        return table
+    from cromss.schema import CLASS_TABLES
+
+    names = [h.removesuffix(" IoU") for h in table[0][2:]]
+    builtin = any(list(t.names) == names for t in CLASS_TABLES.values())
+    return None if builtin else table
+
+
+def write_table(patterns: list[str], out_prefix: str | Path | None = None, per_class: bool | None = None) -> str:
+    """The aggregate table as Markdown (returned) and, with ``out_prefix``, ``<prefix>.md``/``.csv``.
+
+    ``per_class``: also the per-class IoU table named by the data's classes (``<prefix>_per_class.csv``);
+    None = when the classes are the user's own (generic data), so the built-in tasks keep the paper's layout.
+    """
     header, rows = table_rows(patterns)
     markdown = render_markdown(header, rows)
-    per_class = per_class_rows(patterns)
+    per_class = _want_per_class(patterns, per_class)
     if per_class is not None:
         markdown += "\nPer-class IoU (%, mean±std over seeds)\n\n" + render_markdown(*per_class)
     if out_prefix is not None:
