@@ -60,6 +60,14 @@ def export(chip) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def finetuned(chip, export) -> Path:
+    """``cromss finetune`` on the hand label, 4 bands picked by name from the 5-band export."""
+    path = _finetune_yaml(chip, chip["base"], bands=FINETUNE_BANDS)
+    assert main(["finetune", "--config", str(path), "--encoder", str(export), "--label", "cromss"]) == 0
+    return chip["base"] / "ft" / "floods" / "cromss" / "finetuned" / "seed0"
+
+
 def _finetune_yaml(chip, tmp_path: Path, **extra) -> Path:
     config = {
         "name": "floods", "output_dir": str(tmp_path / "ft"), "framework": "fpn", "encoder": "resnet18",
@@ -84,7 +92,8 @@ def test_export_of_generic_run_records_its_bands_and_dataset_statistics(chip, ex
     assert meta["normalization"]["mean"] == [stats["mean"][stats["bands"].index(b)] for b in PRETRAIN_BANDS]
 
 
-def test_finetune_and_evaluate_on_the_hand_label_with_by_name_band_selection(chip, export, tmp_path, capsys):
+def test_finetune_and_evaluate_on_the_hand_label_with_by_name_band_selection(chip, export, finetuned, tmp_path,
+                                                                              capsys):
     from cromss.transfer import build_module, load_finetune_config, resolve_finetune_config
 
     path = _finetune_yaml(chip, tmp_path, bands=FINETUNE_BANDS)
@@ -98,8 +107,7 @@ def test_finetune_and_evaluate_on_the_hand_label_with_by_name_band_selection(chi
         assert torch.equal(loaded[:, index], donor[:, PRETRAIN_BANDS.index(band)])
     assert module.weights_info["band_selection"]["dropped"] == ["B11"]
 
-    assert main(["finetune", "--config", str(path), "--encoder", str(export), "--label", "cromss"]) == 0
-    run = tmp_path / "ft" / "floods" / "cromss" / "finetuned" / "seed0"
+    run = finetuned
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["num_classes"] == 2 and resolved["bands"] == FINETUNE_BANDS
     assert resolved["data"]["classes"] == ["not_water", "water"] and len(resolved["data"]["class_colors"]) == 2
@@ -131,7 +139,7 @@ def test_finetune_and_evaluate_on_the_hand_label_with_by_name_band_selection(chi
     assert result["confusion"] == metrics["confusion"]
 
     # table and report name the user's classes
-    assert main(["table", str(tmp_path / "ft" / "floods"), "--out", str(tmp_path / "table")]) == 0
+    assert main(["table", str(run.parent.parent.parent), "--out", str(tmp_path / "table")]) == 0
     markdown = (tmp_path / "table.md").read_text()
     assert "| Weights | Mode | not_water IoU | water IoU |" in markdown
     iou = [100 * v for v in metrics["iou"]]
@@ -207,3 +215,21 @@ def test_load_into_a_permuted_or_l2a_model_selects_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="band 'B8X'"):
         load_into(smp.FPN("resnet18", encoder_weights=None, in_channels=2, classes=3), path, modality="s2",
                   bands=["B2", "B8X"])
+
+
+def test_analyze_maps_and_masks_use_the_data_classes(chip, export, finetuned, tmp_path, monkeypatch):
+    import cromss.analysis
+
+    seen = []
+    original = cromss.analysis._legend
+    monkeypatch.setattr(cromss.analysis, "_legend", lambda fig, classes: (seen.append(classes), original(fig, classes)))
+    resolved = yaml.safe_load((finetuned / "config.yaml").read_text())
+    assert main(["analyze", "maps", str(finetuned), "--split", "test", "--samples", "1",
+                 "--out", str(tmp_path / "maps")]) == 0
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 1
+    assert list(seen[-1].names) == ["not_water", "water"] and list(seen[-1].colors) == resolved["data"]["class_colors"]
+    pretrain_run = chip["base"] / "runs" / "chip-s2"
+    assert main(["analyze", "masks", str(pretrain_run), "--split", "val", "--samples", "1",
+                 "--out", str(tmp_path / "masks")]) == 0
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 1
+    assert list(seen[-1].names) == ["not_water", "water"]

@@ -256,7 +256,7 @@ def _encoder_state_dict(
                 modality = by_channels
             else:
                 raise CheckpointError(
-                    f"{where} holds encoders for {available}: pass the modality (--modality)"
+                    f"{where} holds encoders for {available}: pass modality=<one of them> (--modality)"
                 )
         chosen = [(p, layout) for p, layout, m in present if m == modality]
         if not chosen:
