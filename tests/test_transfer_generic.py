@@ -233,3 +233,52 @@ def test_analyze_maps_and_masks_use_the_data_classes(chip, export, finetuned, tm
                  "--out", str(tmp_path / "masks")]) == 0
     assert len(list((tmp_path / "masks").glob("*.png"))) == 1
     assert list(seen[-1].names) == ["not_water", "water"]
+
+
+def test_experiment_on_own_generic_data(chip, tmp_path, capsys):
+    """`cromss experiment` with pretrain_root/finetune_root: no generated data, the data's own noise,
+    the noise-flagging measurement against the hand `reference`, fine-tuning on the hand label."""
+    import numpy as np
+    import rasterio
+
+    pretrain = {
+        "name": "x", "data": {"kind": "generic", "root": "unused", "modalities": ["s2"], "crop_size": 64,
+                              "batch_size": 4, "val_fraction": 0.25},
+        "model": {"encoder": "resnet18", "fusion": "single", "modalities": ["s2"],
+                  "decoder_channels": [16, 16, 16, 16, 16]},
+        "method": {"rampup_epochs": 1},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "limit_train_batches": 1,
+                    "limit_val_batches": 1, "num_sanity_val_steps": 0, "progress_bar": False},
+    }
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(pretrain))
+    _finetune_yaml(chip, tmp_path)
+    study = {
+        "name": "own", "layout": "ablation", "output_dir": str(tmp_path / "study"),
+        "pretrain_root": str(chip["noisy"]), "finetune_root": str(chip["hand"]),
+        "pretrain": {"base": str(tmp_path / "pre.yaml")},
+        "finetune": {"base": str(tmp_path / "finetune.yaml"), "seeds": 1, "modes": ["finetuned"], "random": False},
+        "variants": [{"name": "single-s2"}],
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert main(["experiment", "ablation", "--config", str(tmp_path / "study.yaml")]) == 0
+    root = tmp_path / "study"
+    assert not (root / "data").exists()  # nothing generated
+    noise = json.loads((root / "pretrain" / "own" / "single-s2" / "noise_detection.json").read_text())
+    # hand count: train+val pixels labelled in both the NDWI label (0/1) and the hand reference (0/1)
+    pixels = wrong = 0
+    with (chip["noisy"] / "samples.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] == "test":
+                continue
+            with rasterio.open(chip["noisy"] / row["label"]) as a, rasterio.open(chip["noisy"] / row["reference"]) as b:
+                noisy, hand = a.read(1), b.read(1)
+            known = np.isin(noisy, [0, 1]) & np.isin(hand, [0, 1])
+            pixels += int(known.sum())
+            wrong += int((noisy != hand)[known].sum())
+    assert noise["pixels"] == pixels and noise["noise_rate"] == pytest.approx(wrong / pixels)
+    assert 0.0 <= noise["modalities"]["s2"]["auc"] <= 1.0
+    metrics = json.loads((root / "finetune" / "own-s2" / "own-single-s2" / "finetuned" / "seed0" / "metrics.json")
+                         .read_text())
+    assert metrics["class_names"] == ["not_water", "water"]
+    table = (root / "own.md").read_text()
+    assert "| S2 | single-s2 |" in table and f"{100 * metrics['oa']:.2f}±0.00" in table
