@@ -138,6 +138,20 @@ def test_finetune_and_evaluate_on_the_hand_label_with_by_name_band_selection(chi
     assert result["class_names"] == ["not_water", "water"] and result["support"] == expected.tolist()
     assert result["confusion"] == metrics["confusion"]
 
+    # another root: bands (by name) and classes are checked against it; other class names are refused
+    assert main(["evaluate", str(run), "--data", str(chip["hand"]), "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["confusion"] == metrics["confusion"]
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(chip["hand"], other)
+    text = (other / "dataset.yaml").read_text().replace("not_water", "dry").replace("- water", "- wet")
+    (other / "dataset.yaml").write_text(text)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "data.classes" in err and "'dry', 'wet'" in err
+
     # table and report name the user's classes
     assert main(["table", str(run.parent.parent.parent), "--out", str(tmp_path / "table")]) == 0
     markdown = (tmp_path / "table.md").read_text()
