@@ -267,8 +267,10 @@ def _encoder_state_dict(
         model_cfg = (config or {}).get("model", {}) if isinstance(config, Mapping) else {}
         encoder_name = model_cfg.get("encoder") if isinstance(model_cfg, Mapping) else None
         # our runs record their bands in the resolved config; the official release has known tables
-        weight_bands = _run_bands(config, modality, found) if layout.startswith("cromss-") and not \
-            layout.startswith("cromss-official") else known_bands(modality, found)
+        # our runs record their bands in the resolved config (a bare CromSSNet state dict without one has
+        # the model defaults, the S1/S2 tables); the official release has known tables
+        weight_bands = None if layout.startswith("cromss-official") else _run_bands(config, modality, found)
+        weight_bands = weight_bands or known_bands(modality, found)
         if weight_bands is None or in_channels is not None:
             _check_channels(found, modality, in_channels, f"{where} ({modality} encoder)")
         info = {
