@@ -400,16 +400,30 @@ def label_rgb(labels: np.ndarray | torch.Tensor, classes: Any = None) -> np.ndar
     return palette[np.clip(ids, 0, 255).astype(np.int64)]
 
 
-def image_rgb(image: np.ndarray | torch.Tensor, modality: str) -> np.ndarray:
+def image_rgb(image: np.ndarray | torch.Tensor, modality: str, bands: Sequence[str] | None = None) -> np.ndarray:
     """A display RGB ``[H, W, 3]`` of a normalised input ``[C, H, W]`` (2-98 % stretch).
 
-    S2: true colour B4, B3, B2; S1: false colour (VV, VH, VV).
+    With ``bands`` (the input's band names): true colour B4, B3, B2 (or red, green, blue) when present.
+    Else S2: true colour B4, B3, B2 of the 13/9-band tables; S1 and other 2-band inputs: false colour
+    (VV, VH, VV); 1 band: grey; others: the first three channels.
     """
     x = image.detach().cpu().float().numpy() if torch.is_tensor(image) else np.asarray(image, np.float32)
-    if modality == "s2":
-        channels = (3, 2, 1) if x.shape[0] == 13 else (2, 1, 0)  # 9-band order starts B2, B3, B4
-    else:
-        channels = (0, 1, 0)
+    channels = None
+    if bands is not None:
+        lookup = {str(b).lower(): i for i, b in enumerate(bands)}
+        for names in (("b4", "b3", "b2"), ("red", "green", "blue"), ("r", "g", "b")):
+            if all(n in lookup for n in names):
+                channels = tuple(lookup[n] for n in names)
+                break
+    if channels is None:
+        if modality == "s2" and x.shape[0] in (13, 9):
+            channels = (3, 2, 1) if x.shape[0] == 13 else (2, 1, 0)  # 9-band order starts B2, B3, B4
+        elif x.shape[0] == 1:
+            channels = (0, 0, 0)
+        elif x.shape[0] == 2 or modality == "s1":
+            channels = (0, 1, 0)
+        else:
+            channels = (0, 1, 2)
     rgb = np.stack([x[c] for c in channels], axis=-1)
     low, high = np.percentile(rgb, 2), np.percentile(rgb, 98)
     return np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
@@ -443,7 +457,8 @@ def selection_masks(net: torch.nn.Module, batch: Mapping[str, Any], alpha: float
 
 
 def mask_panels(net: torch.nn.Module, batch: Mapping[str, Any], out_dir: str | Path, alpha: float,
-                gamma: float, enhance: bool = True, classes: Any = None, title: str = "") -> list[Path]:
+                gamma: float, enhance: bool = True, classes: Any = None, title: str = "",
+                bands: Mapping[str, Sequence[str]] | None = None) -> list[Path]:
     """One PNG per sample: per modality the input, noisy label, true label (if known), F_l, F_l', W_l,
     F_e, F_e', W_e (Fig. 11), with the class legend and a [0, 1] colour bar."""
     from cromss.schema import DW_CLASSES
@@ -463,7 +478,8 @@ def mask_panels(net: torch.nn.Module, batch: Mapping[str, Any], out_dir: str | P
                                  squeeze=False)
         image = None
         for r, modality in enumerate(modalities):
-            panels = [image_rgb(batch[modality][i], modality), label_rgb(batch["label"][i], classes)]
+            panels = [image_rgb(batch[modality][i], modality, (bands or {}).get(modality)),
+                      label_rgb(batch["label"][i], classes)]
             if has_true:
                 panels.append(label_rgb(batch["label_true"][i], classes))
             for c, panel in enumerate(panels):
@@ -497,7 +513,7 @@ def _save_panel(plt: Any, fig: Any, out_dir: Path, prefix: str, index: int, samp
 
 @torch.no_grad()
 def map_panels(nets: Mapping[str, torch.nn.Module], batch: Mapping[str, Any], out_dir: str | Path,
-               classes: Any = None) -> list[Path]:
+               classes: Any = None, bands: Mapping[str, Sequence[str]] | None = None) -> list[Path]:
     """One PNG per sample: the inputs, the labels, then the map of every (run, modality) side by side
     (Figs. 6, 7, 9, 10). Invalid input pixels are shown as ignored (white)."""
     from cromss.schema import DW_CLASSES, IGNORE_INDEX
@@ -514,13 +530,14 @@ def map_panels(nets: Mapping[str, torch.nn.Module], batch: Mapping[str, Any], ou
             if "valid" in batch:
                 pred = torch.where(batch["valid"], pred, torch.full_like(pred, IGNORE_INDEX))
             maps[f"{label} ({modality.upper()})"] = pred
-    inputs = [m for m in ("s2", "s1") if m in batch]
+    used = [m for net in nets.values() for m in net.modalities]
+    inputs = [m for m in dict.fromkeys(["s2", "s1", *used]) if m in batch and torch.is_tensor(batch[m])]
     label_keys = [k for k in ("label", "label_true") if k in batch]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(batch["label"].shape[0]):
-        panels = [(m.upper(), image_rgb(batch[m][i], m)) for m in inputs]
+        panels = [(m.upper(), image_rgb(batch[m][i], m, (bands or {}).get(m))) for m in inputs]
         panels += [("noisy label" if k == "label" else "true label", label_rgb(batch[k][i], classes))
                    for k in label_keys]
         panels += [(name, label_rgb(pred[i], classes)) for name, pred in maps.items()]

@@ -134,8 +134,8 @@ class VariantSpec:
                 f"config key 'variants[].name': {self.name!r} must be a folder name without '/', spaces, "
                 "and not 'random' (reserved for the random-init baseline)"
             )
-        if self.transfer is not None and (not self.transfer or any(m not in ("s1", "s2") for m in self.transfer)):
-            raise ConfigError(f"config key 'variants[{self.name}].transfer': {self.transfer} must list 's1'/'s2'")
+        if self.transfer is not None and (not self.transfer or not all(isinstance(m, str) and m for m in self.transfer)):
+            raise ConfigError(f"config key 'variants[{self.name}].transfer': {self.transfer} must list modality names")
 
 
 @dataclass
@@ -164,16 +164,30 @@ class ExperimentConfig:
     #: keep theirs: the encoders are transferred from them)
     keep_finetune_checkpoints: bool = False
     threads: int | None = None
+    #: the user's own data instead of the generated demo data (both generic datasets, data.kind generic):
+    #: ``pretrain_root`` — its ``label`` is the noisy label pretrained on, its ``reference`` (optional) the
+    #: better label the noise-flagging AUC is measured against; ``finetune_root`` — its ``label`` is the
+    #: downstream truth. Noise is then the data's own (``noise_rates`` and ``data`` are not used).
+    pretrain_root: str | None = None
+    finetune_root: str | None = None
+
+    @property
+    def own_data(self) -> bool:
+        """True when the study runs on the user's generic datasets (``pretrain_root``/``finetune_root``)."""
+        return self.pretrain_root is not None
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"config key 'name': {self.name!r} must be a plain file name")
-        if not self.noise_rates:
+        if (self.pretrain_root is None) != (self.finetune_root is None):
+            raise ConfigError("config keys 'pretrain_root' and 'finetune_root': give both (own data) or neither")
+        rates = [] if self.own_data else self.noise_rates  # own data: its own noise, nothing injected
+        if not self.own_data and not self.noise_rates:
             raise ConfigError("config key 'noise_rates': give at least one noise rate, e.g. [0.4]")
-        for rate in self.noise_rates:
+        for rate in rates:
             if not 0.0 <= rate < 1.0:
                 raise ConfigError(f"config key 'noise_rates': {rate} must be in [0, 1)")
-        if len({noise_tag(r) for r in self.noise_rates}) != len(self.noise_rates):
+        if len({noise_tag(r) for r in rates}) != len(rates):
             raise ConfigError(f"config key 'noise_rates': {self.noise_rates} repeats a rate (to the percent)")
         if not self.variants:
             raise ConfigError("config key 'variants': give at least one pretraining variant")
@@ -189,9 +203,18 @@ def load_experiment_config(path: str | Path, overrides: list[str] | None = None)
     return load_config(ExperimentConfig, path, overrides)
 
 
+#: The pseudo noise rate of a study on the user's own data (its labels' own noise; folder tag 'own').
+OWN_NOISE: float = -1.0
+
+
+def study_rates(exp: ExperimentConfig) -> list[float]:
+    """The noise rates of the study's cells: ``noise_rates``, or ``[OWN_NOISE]`` on the user's own data."""
+    return [OWN_NOISE] if exp.own_data else list(exp.noise_rates)
+
+
 def noise_tag(rate: float) -> str:
-    """Folder tag of a noise rate: 0.4 -> 'noise40'."""
-    return f"noise{round(100 * rate):02d}"
+    """Folder tag of a noise rate: 0.4 -> 'noise40'; 'own' for the user's own data (:data:`OWN_NOISE`)."""
+    return "own" if rate == OWN_NOISE else f"noise{round(100 * rate):02d}"
 
 
 # ----------------------------------------------------------------------------- cells
@@ -316,8 +339,14 @@ def pretrain_config(exp: ExperimentConfig, variant: VariantSpec, noise_rate: flo
     apply_overrides(data, list(exp.pretrain.overrides) + list(variant.overrides))
     apply_overrides(data, [
         f"name={variant.name}", f"seed={exp.seed}", f"output_dir={root / 'pretrain' / noise_tag(noise_rate)}",
-        f"data.root={root / 'data' / noise_tag(noise_rate)}", "data.format=lmdb",
     ])
+    if exp.own_data:
+        apply_overrides(data, ["data.kind=generic", f"data.root={exp.pretrain_root}", "data.format=auto"])
+        from cromss.training.config import resolve_pretrain_config
+
+        # modalities, bands and classes of the user's dataset (read from its dataset.yaml)
+        return resolve_pretrain_config(from_dict(PretrainConfig, data))
+    apply_overrides(data, [f"data.root={root / 'data' / noise_tag(noise_rate)}", "data.format=lmdb"])
     return from_dict(PretrainConfig, data)
 
 
@@ -340,7 +369,12 @@ def finetune_config(exp: ExperimentConfig, modality: str, weights: str, label: s
     root = Path(exp.output_dir)
     data = read_yaml(exp.finetune.base)
     apply_overrides(data, list(exp.finetune.overrides))
-    apply_overrides(data, [f"name=dw-{modality}", f"output_dir={root / 'finetune'}", f"data.root={root / 'data' / 'dw'}"])
+    if exp.own_data:
+        apply_overrides(data, [f"name=own-{modality}", f"output_dir={root / 'finetune'}", "data.kind=generic",
+                               f"data.root={exp.finetune_root}"])
+    else:
+        apply_overrides(data, [f"name=dw-{modality}", f"output_dir={root / 'finetune'}",
+                               f"data.root={root / 'data' / 'dw'}"])
     data.update(modality=modality, weights=weights, weights_label=label, frozen=(mode == "frozen"),
                 seeds=exp.finetune.seed_list)
     return from_dict(FinetuneConfig, data)
@@ -389,8 +423,8 @@ def measure_noise_detection(run_dir: str | Path, data_root: str | Path | None = 
         for sample in DataLoader(dataset, batch_size=batch, shuffle=False):
             if "label_true" not in sample:
                 raise DataError(
-                    f"{data_cfg.root}: the pretraining set has no true labels (dw_labels_true), so the "
-                    "noise-detection AUC cannot be measured"
+                    f"{data_cfg.root}: the pretraining set has no true labels (dw_labels_true, or the 'reference' "
+                    "column of generic data), so the noise-detection AUC cannot be measured"
                 )
             labels, truth = sample["label"], sample["label_true"]
             with torch.no_grad():
@@ -436,7 +470,7 @@ def plan(exp: ExperimentConfig) -> list[Row]:
     rows: list[Row] = []
     modalities: list[str] = []
     variant_rows: list[Row] = []
-    for rate in exp.noise_rates:
+    for rate in study_rates(exp):
         for variant in exp.variants:
             cfg = pretrain_config(exp, variant, rate)
             for modality in transfer_modalities(exp, variant, rate):
@@ -515,14 +549,14 @@ def run_experiment(exp: ExperimentConfig, log: Callable[[str], None] = print, dr
     root = Path(exp.output_dir)
     rows = plan(exp)
     if dry_run:
-        lines = [f"data   {root / 'data' / noise_tag(r)}" for r in exp.noise_rates]
+        lines = [] if exp.own_data else [f"data   {root / 'data' / noise_tag(r)}" for r in exp.noise_rates]
         lines += [f"pretrain {row.run_dir}" for row in rows if row.run_dir is not None]
         lines += [f"finetune {row.label} {row.modality} x {exp.finetune.modes} x seeds {exp.finetune.seed_list}"
                   for row in rows]
         return {"table": "\n".join(dict.fromkeys(lines)) + "\n", "files": [], "cells": {}}
     counts = {"ran": 0, "skipped": 0}
     started = time.perf_counter()
-    for rate in exp.noise_rates:
+    for rate in [] if exp.own_data else exp.noise_rates:  # own data: nothing to generate
         out = root / "data" / noise_tag(rate)
         record = {"kind": "data", "spec": to_dict(exp.data), "noise_rate": rate}
         state = run_cell(out, out / "info.json", record,
@@ -530,7 +564,7 @@ def run_experiment(exp: ExperimentConfig, log: Callable[[str], None] = print, dr
         counts[state] += 1
     # cells another process is running are deferred, not waited for: first everything free, then the rest
     deferred = []
-    for rate in exp.noise_rates:
+    for rate in study_rates(exp):
         for variant in exp.variants:
             state = _run_pretrain_cell(exp, variant, rate, log, wait=False)
             if state == "locked":
@@ -634,7 +668,8 @@ def render_table(exp: ExperimentConfig, records: list[dict[str, Any]]) -> tuple[
         header += ["Pretrain mIoU (true)", "AUC(1−W_l)", "AP(1−W_l)"]
         rows = []
         for r in records:
-            rate = "–" if r["noise_rate"] is None else f"{round(100 * r['noise_rate'])} %"
+            rate = "–" if r["noise_rate"] is None else (
+                "own" if r["noise_rate"] == OWN_NOISE else f"{round(100 * r['noise_rate'])} %")
             pre = "–" if r["pretrain_miou_true"] is None else f"{100 * r['pretrain_miou_true']:.2f}"
             rows.append([rate, r["input"], r["variant"]] + [_pct(r[m]["miou"]) for m in modes] + [pre]
                         + noise_cells(r))
@@ -659,7 +694,8 @@ def write_study_table(exp: ExperimentConfig, rows: list[Row] | None = None) -> d
     seeds = exp.finetune.seed_list
     notes = [
         f"Values: mean±std (%) over fine-tuning seeds {seeds}; pretraining seed {exp.seed}; "
-        f"noise rate(s) {exp.noise_rates}.",
+        + (f"the data's own labels ({exp.pretrain_root}; fine-tuned on {exp.finetune_root})." if exp.own_data
+           else f"noise rate(s) {exp.noise_rates}."),
         "AUC/AP: ROC-AUC and average precision of 1 − W_l (alpha = alpha0) for flagging truly mislabelled "
         "pretraining pixels; * = variant trained without selection (W_l computed for the measurement only).",
     ]

@@ -222,6 +222,37 @@ def _kv_table(data: dict[str, Any], limit: int = 60) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def per_class_html(metrics: dict[str, Any], config: dict[str, Any] | None = None) -> str:
+    """Per-class IoU / F1 / recall / pixels of a metrics.json, rows named by the data's classes with a
+    swatch of their colours (``class_colors`` of the metrics, else of the run's config); '' if absent."""
+    names = metrics.get("class_names")
+    if not isinstance(names, list) or not names or not isinstance(metrics.get("iou"), list):
+        return ""
+    colors = metrics.get("class_colors")
+    if not isinstance(colors, list) or len(colors) != len(names):
+        data = (config or {}).get("data") or {}
+        colors = data.get("class_colors") if isinstance(data, dict) else None
+    if not isinstance(colors, list) or len(colors) != len(names):
+        colors = [None] * len(names)
+
+    def pct(key: str, index: int) -> str:
+        values = metrics.get(key)
+        value = values[index] if isinstance(values, list) and index < len(values) else None
+        return "–" if not isinstance(value, int | float) or math.isnan(value) else f"{100 * value:.2f}"
+
+    rows = []
+    for index, (name, color) in enumerate(zip(names, colors)):
+        swatch = (f'<span style="display:inline-block;width:12px;height:12px;border:1px solid #555;'
+                  f'background:{html.escape(str(color))};margin-right:6px"></span>' if color else "")
+        support = (metrics.get("support") or [None] * len(names))
+        pixels = support[index] if index < len(support) else None
+        rows.append(f"<tr><td>{swatch}{html.escape(str(name))}</td><td>{pct('iou', index)}</td>"
+                    f"<td>{pct('f1', index)}</td><td>{pct('recall', index)}</td>"
+                    f"<td>{'' if pixels is None else html.escape(str(pixels))}</td></tr>")
+    return ("<h3>per class</h3><table><tr><th>class</th><th>IoU %</th><th>F1 %</th><th>recall %</th>"
+            "<th>pixels</th></tr>" + "".join(rows) + "</table>")
+
+
 def markdown_table_html(markdown: str) -> str:
     """A GitHub-markdown pipe table (as ``cromss table`` writes) -> an HTML table; other lines kept as text."""
     out, rows = [], []
@@ -273,6 +304,8 @@ def run_section(run: Path, extra_images: Sequence[Path] = ()) -> str:
                 raise DataError(f"{path} is not valid JSON: {err}") from None
             parts.append(f"<h3>{name}</h3>" + (_kv_table(data) if isinstance(data, dict)
                                                  else f"<pre>{html.escape(json.dumps(data, indent=1))}</pre>"))
+            if isinstance(data, dict):
+                parts.append(per_class_html(data, config if isinstance(config, dict) else None))
     metrics_files = sorted(run.rglob("metrics.csv"))
     if metrics_files:
         series = read_metrics_csv(metrics_files[-1])  # the latest logger version

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(all checkpoints/*.ckpt). RUN_A is compared with each later run.",
                        epilog="example:\n  cromss analyze bn-kl runs/single-s2 runs/midf runs/latef --smooth 5")
     p.add_argument("runs", nargs="+", metavar="RUN", help="RUN_A RUN_B [RUN_C ...] folders or checkpoints")
-    p.add_argument("--modality", default="s2", choices=("s1", "s2"), help="U-Net to compare (default: s2)")
+    p.add_argument("--modality", default="s2", help="U-Net to compare: s1, s2 or a generic modality (default: s2)")
     p.add_argument("--smooth", type=int, default=1, help="moving-average window for the plot (paper: 5)")
     p.add_argument("--out", help="output folder (default: RUN_A/analysis)")
     p.set_defaults(func=run_bn_kl)
@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "runs/finetune/dw/cromss/finetuned/seed0")
     p.add_argument("files", nargs="+", metavar="PATH", help="BEFORE AFTER pairs (run folders, .ckpt, "
                    ".pt, .safetensors)")
-    p.add_argument("--modality", default="s2", choices=("s1", "s2"),
+    p.add_argument("--modality", default="s2",
                    help="encoder/decoder of this modality in two-modality files (default: s2)")
     p.add_argument("--bins", type=int, default=100, help="number of bins (default: 100, as the paper)")
     p.add_argument("--out", help="output folder (default: ./analysis)")
@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight sources: run folder, checkpoint, export, official or SSL4EO-S12 file")
     p.add_argument("--data", help=data_help + " (required when ENCODER is not a run folder)")
     p.add_argument("--split", default="val", choices=("train", "val", "test"), help="split (default: val)")
-    p.add_argument("--modality", default="s2", choices=("s1", "s2"), help="input modality (default: s2)")
+    p.add_argument("--modality", default="s2", help="input modality: s1, s2 or a generic one (default: s2)")
     p.add_argument("--samples", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--pixels", type=int, default=64, help="pixels sampled per image for the pixel-level "
                    "curves (default: 64)")
@@ -150,6 +150,24 @@ def _data_config(data: str | None, run_config: dict[str, Any] | None) -> Any:
     return from_dict(DataConfig, section, prefix="data.")
 
 
+def _class_table(data_cfg: Any, num_classes: int, fallback: Any = None) -> Any:
+    """The class table (names, colours) of the data: the user's own for generic data, the built-in
+    table otherwise; ``fallback`` when its size differs from the model's ``num_classes``."""
+    from cromss.data.description import class_table_of
+    from cromss.errors import CromssError
+
+    try:
+        table = class_table_of(data_cfg)
+    except CromssError:
+        return fallback
+    return table if len(table.names) == num_classes else fallback
+
+
+def _input_bands(data_cfg: Any) -> dict[str, list[str]] | None:
+    """Band names per modality of the data (to draw true colour by band name), when resolved."""
+    return {m: list(b) for m, b in data_cfg.bands.items()} if data_cfg.bands else None
+
+
 def load_batch(data_cfg: Any, split: str, samples: int) -> dict[str, Any]:
     """The first ``samples`` samples of a split, collated and centre-cropped to a multiple of 32 px."""
     import torch
@@ -192,10 +210,12 @@ def run_masks(args: argparse.Namespace) -> int:
                  if epoch is not None else float(method.get("alpha0", 0.5)))
     if gamma is None:
         gamma = gamma_at(epoch, float(method.get("rampup_epochs", 80))) if epoch is not None else 1.0
-    batch = load_batch(_data_config(args.data, config), args.split, args.samples)
+    data_cfg = _data_config(args.data, config)
+    batch = load_batch(data_cfg, args.split, args.samples)
     out = _default_out(args.out, args.run, "masks")
+    classes = _class_table(data_cfg, net.cfg.num_classes)
     written = mask_panels(net, batch, out, alpha, gamma, enhance=bool(method.get("enhance", True)),
-                          title=Path(args.run).name)
+                          title=Path(args.run).name, classes=classes, bands=_input_bands(data_cfg))
     print(f"wrote {len(written)} mask panels to {out} (alpha={alpha:.3f}, gamma={gamma:.3f}, epoch={epoch})")
     return 0
 
@@ -213,9 +233,11 @@ def run_maps(args: argparse.Namespace) -> int:
             label += "'"
         nets[label] = net
         first_config = first_config or config
-    batch = load_batch(_data_config(args.data, first_config), args.split, args.samples)
+    data_cfg = _data_config(args.data, first_config)
+    batch = load_batch(data_cfg, args.split, args.samples)
     out = _default_out(args.out, args.runs[0], "maps")
-    written = map_panels(nets, batch, out, classes=classes)
+    classes = _class_table(data_cfg, len(classes.names), classes)
+    written = map_panels(nets, batch, out, classes=classes, bands=_input_bands(data_cfg))
     print(f"wrote {len(written)} map panels to {out}")
     return 0
 

@@ -57,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--modality",
         required=True,
-        choices=("s1", "s2"),
-        help="which encoder to export: s1 (Sentinel-1 VV, VH) or s2 (Sentinel-2, 13 or 9 bands)",
+        help="which encoder to export: s1 (Sentinel-1 VV, VH), s2 (Sentinel-2, 13 or 9 bands) or a modality "
+        "of a generic dataset (its band names are read from the run's config)",
     )
     parser.add_argument(
         "out",

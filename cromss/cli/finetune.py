@@ -25,11 +25,16 @@ examples:
   cromss finetune --config configs/finetune/dw-deeplabv3plus.yaml \\
       --encoder weights-cromss-13B-midFusion-epoch=199.ckpt --modality s2 --frozen data.root=/data/dw
   cromss finetune --config configs/demo/finetune-dw.yaml --encoder runs/pretrain/demo --modality s1
+  cromss finetune --config my.yaml data.kind=generic data.root=/data/floods modality=s2 \\
+      'bands=[B2,B3,B4,B8]' --encoder s2-encoder.safetensors     # first-conv channels picked by band name
 
 comparison baselines of Tables II-IV (ViT-Large scaleMAE / satMAE / satMAE++ / DOFA in UPerNet at lr 1e-4,
 Satlas ResNet-50), read from their published files (docs/transfer.md):
   cromss finetune --config configs/finetune/baselines/dw-satmae.yaml \\
       --encoder checkpoint_ViT-L_pretrain_fmow_sentinel.pth --frozen data.root=/data/dw
+
+Generic data (data.kind: generic, docs/data.md "Your own data"): any modality of the dataset, its bands
+by name ('bands'), and the dataset's classes (count, names, colours; recorded in the run's config.yaml).
 """
 
 EVALUATE_HELP = """\
@@ -45,6 +50,8 @@ example:
 TABLE_HELP = """\
 Collect metrics.json files of fine-tuning runs and write the paper's table: rows = encoder weights,
 columns = Frozen / Fine-tuned x OA, AA, mIoU, mF1, values "mean±std" in % (sample std over seeds).
+With --per-class (the default for generic data), a second table gives the IoU of every class, its
+columns named by the data's classes.
 
 example:
   cromss table 'runs/finetune/dw/*' --out runs/finetune/dw/table     # writes table.md and table.csv
@@ -77,7 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "config's 'weights')",
     )
     finetune.add_argument("--label", default=None, help="folder/table name of the encoder (default: file stem)")
-    finetune.add_argument("--modality", choices=("s1", "s2"), default=None, help="input sensor (default: config)")
+    finetune.add_argument("--modality", default=None,
+                          help="input modality: s1 / s2, or any modality of a generic dataset (default: config)")
+    finetune.add_argument("--init-missing", choices=("mean", "zero"), default=None,
+                          help="first-conv channels of model bands the encoder weights lack: 'mean' of the "
+                          "pretrained channels or 'zero' (default: such a band is an error)")
     mode = finetune.add_mutually_exclusive_group()
     mode.add_argument("--frozen", action="store_true", default=None,
                       help="keep encoder weights and BatchNorm statistics fixed; train only the decoder")
@@ -99,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("run", metavar="RUN_OR_CKPT", help="a fine-tuning seed folder or a .ckpt file")
     evaluate.add_argument("--data", default=None, help="dataset root (default: the run's data.root)")
-    evaluate.add_argument("--kind", choices=("dw", "osm", "dfc2020"), default=None,
+    evaluate.add_argument("--kind", choices=("dw", "osm", "dfc2020", "generic"), default=None,
                           help="dataset kind (default: the run's data.kind)")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test", help="split (default: test)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
@@ -114,6 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("runs", nargs="+", metavar="RUN_GLOB",
                        help="run folders, globs or metrics.json files (searched recursively)")
     table.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
+    table.add_argument("--per-class", action=argparse.BooleanOptionalAction, default=None,
+                       help="add the per-class IoU table named by the data's classes (PREFIX_per_class.csv); "
+                       "default: for the user's own classes (generic data), not for the built-in tasks")
     table.set_defaults(func=run_table)
 
 
@@ -128,6 +142,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         cfg.weights_label = args.label
     if args.modality is not None:
         cfg.modality = args.modality
+    if args.init_missing is not None:
+        cfg.init_missing = args.init_missing
     if args.frozen is not None:
         cfg.frozen = args.frozen
     if args.seeds is not None:
@@ -163,7 +179,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_table(args: argparse.Namespace) -> int:
     from cromss.transfer import write_table
 
-    markdown = write_table(args.runs, args.out)
+    markdown = write_table(args.runs, args.out, per_class=args.per_class)
     print(markdown, end="")
     if args.out is not None:
         print(json.dumps({"markdown": f"{args.out}.md", "csv": f"{args.out}.csv"}))

@@ -33,6 +33,7 @@ from cromss.transfer.config import (
     FinetuneConfig,
     TrainerConfig,
     load_finetune_config,
+    resolve_finetune_config,
     resolved_data_config,
     weights_label,
 )
@@ -50,6 +51,7 @@ from cromss.transfer.run import finetune, finetune_once
 from cromss.transfer.tables import (
     collect_table,
     format_cell,
+    per_class_rows,
     render_markdown,
     table_rows,
     write_table,
@@ -59,7 +61,8 @@ __all__ = [
     "FRAMEWORKS", "METRIC_TITLES", "MODES", "MODE_TITLES", "FinetuneConfig", "TrainerConfig",
     "aggregate", "build_model", "build_module", "build_segmentation_model", "collect_table", "evaluate_model",
     "evaluate_run", "finetune", "finetune_module_class", "finetune_once", "format_cell", "format_metrics",
-    "load_encoder_weights", "load_finetune_config", "load_source_weights", "load_run", "mean_std", "pad_to_multiple",
-    "render_markdown", "resolved_data_config", "run_comparison", "table_rows", "weights_label",
+    "load_encoder_weights", "load_finetune_config", "load_source_weights", "load_run", "mean_std",
+    "pad_to_multiple", "per_class_rows", "render_markdown", "resolve_finetune_config", "resolved_data_config",
+    "run_comparison", "table_rows", "weights_label",
     "write_aggregate", "write_json", "write_table",
 ]

@@ -14,6 +14,8 @@ from cromss.data import DataConfig
 from cromss.errors import ConfigError
 from cromss.schema import CLASS_TABLES, modality_bands
 
+#: data kinds fine-tuning reads (every kind with test labels: not the pretraining set 'nol')
+DOWNSTREAM_KINDS: tuple[str, ...] = ("dw", "osm", "dfc2020", "generic")
 FRAMEWORKS: tuple[str, ...] = ("pspnet", "deeplabv3plus", "fpn", "unet", "upernet", "segmenter")
 #: Column titles of the paper's tables, in order.
 METRIC_TITLES: dict[str, str] = {"oa": "OA", "aa": "AA", "miou": "mIoU", "mf1": "mF1"}
@@ -49,8 +51,12 @@ class TrainerConfig:
 class FinetuneConfig:
     """A downstream fine-tuning task (top-level YAML of ``cromss finetune``).
 
-    ``modality`` and ``s2_bands`` decide the input; they override ``data.modalities`` and
-    ``data.s2_bands``. ``weights`` is the encoder source (``random``, a pretrain run folder, an exported
+    ``modality`` (any modality name of the dataset) and its band names decide the input; they override
+    ``data.modalities`` and ``data.bands`` / ``data.s2_bands``. Built-in kinds take ``s2_bands`` (13 or 9);
+    ``data.kind: generic`` takes ``bands`` (a subset / order BY NAME of the modality's bands; None = all).
+    The number of classes comes from the data (the built-in class table or ``dataset.yaml``);
+    :func:`resolve_finetune_config` records classes, colours and bands in the run's config.yaml.
+    ``weights`` is the encoder source (``random``, a pretrain run folder, an exported
     ``.safetensors`` file, an official CromSS checkpoint or an SSL4EO-S12/torchgeo ResNet file).
     ``seeds``: a count n (seeds ``seed .. seed+n-1``) or an explicit list.
     """
@@ -71,10 +77,14 @@ class FinetuneConfig:
     weights: str = "random"
     #: Folder name of the encoder source in the run tree (default: derived from ``weights``).
     weights_label: str | None = None
-    modality: Literal["s1", "s2"] = "s2"
+    modality: str = "s2"
     s2_bands: int = 13
-    #: None = the size of the class table of ``data.kind``.
+    #: band names of ``modality`` fed to the model (generic data); None = all bands of the dataset
+    bands: list[str] | None = None
+    #: None = the number of classes of the data (built-in table or dataset.yaml)
     num_classes: int | None = None
+    #: first-conv channels of bands the encoder weights lack: None = error naming them; 'mean' | 'zero'
+    init_missing: Literal["mean", "zero"] | None = None
     lr: float = 5e-4
     weight_decay: float = 0.0
     #: 'constant' (paper text) or 'cosine' (authors' code: cosine decay to min_lr over cosine_epochs).
@@ -91,15 +101,34 @@ class FinetuneConfig:
     def validate(self) -> None:
         if self.s2_bands not in (13, 9):
             raise ConfigError(f"config key 's2_bands' must be 13 or 9, got {self.s2_bands}")
-        if self.data.kind not in CLASS_TABLES or self.data.kind == "nol":
+        if self.data.kind not in DOWNSTREAM_KINDS:
             raise ConfigError(
-                f"config key 'data.kind' must be a downstream set ('dw', 'osm', 'dfc2020'), got {self.data.kind!r}"
+                f"config key 'data.kind' must be a downstream set ({', '.join(map(repr, DOWNSTREAM_KINDS))}), "
+                f"got {self.data.kind!r}"
             )
-        table_size = CLASS_TABLES[self.data.kind].num_classes
-        if self.num_classes is not None and self.num_classes != table_size:
+        if not self.modality or not self.modality.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"config key 'modality': {self.modality!r} is not a modality name")
+        if self.data.kind != "generic" and self.modality not in ("s1", "s2"):
+            raise ConfigError(
+                f"config key 'modality': {self.modality!r} must be 's1' or 's2' for data.kind "
+                f"'{self.data.kind}' (use data.kind 'generic' for other sensors)"
+            )
+        if self.bands is not None:
+            if not self.bands or len(set(self.bands)) != len(self.bands):
+                raise ConfigError(f"config key 'bands': {self.bands!r} must list distinct band names")
+            if self.data.kind != "generic" and list(self.bands) != list(self._table_bands()):
+                raise ConfigError(
+                    f"config key 'bands': {self.bands} differs from the {self.modality} bands of data.kind "
+                    f"'{self.data.kind}' {list(self._table_bands())}; built-in kinds choose S2 bands with "
+                    "s2_bands (13 or 9)"
+                )
+        classes = self.data.classes
+        if classes is None and self.data.kind in CLASS_TABLES:
+            classes = list(CLASS_TABLES[self.data.kind].names)
+        if self.num_classes is not None and classes is not None and self.num_classes != len(classes):
             raise ConfigError(
                 f"config key 'num_classes' is {self.num_classes} but data.kind '{self.data.kind}' has "
-                f"{table_size} classes"
+                f"{len(classes)} classes ({', '.join(classes)})"
             )
         for key in ("lr", "min_lr"):
             if not getattr(self, key) > 0:
@@ -151,18 +180,39 @@ class FinetuneConfig:
             )
 
     # -- derived values
-    @property
-    def input_bands(self) -> tuple[str, ...]:
-        """Band names of the model input, in order."""
+    def _table_bands(self) -> tuple[str, ...]:
+
         return modality_bands(self.modality, self.s2_bands)
 
     @property
+    def band_names(self) -> list[str]:
+        """Band names of the model input: ``bands``, else the resolved ``data.bands``, else the S1/S2 table."""
+        if self.bands is not None:
+            return list(self.bands)
+        if self.data.bands and self.modality in self.data.bands:
+            return list(self.data.bands[self.modality])
+        return list(self._table_bands())
+
+    @property
+    def input_bands(self) -> tuple[str, ...]:
+        """Band names of the model input, in order (as :attr:`band_names`)."""
+        return tuple(self.band_names)
+
+    @property
     def in_channels(self) -> int:
+        if self.data.kind == "generic" or self.bands is not None:
+            return len(self.band_names)
         return 2 if self.modality == "s1" else self.s2_bands
 
     @property
     def classes(self) -> int:
-        return self.num_classes or CLASS_TABLES[self.data.kind].num_classes
+        if self.num_classes is not None:
+            return self.num_classes
+        if self.data.classes is not None:
+            return len(self.data.classes)
+        if self.data.kind in CLASS_TABLES:
+            return CLASS_TABLES[self.data.kind].num_classes
+        raise ConfigError("the number of classes is unknown until the config is resolved from the data")
 
     @property
     def seed_list(self) -> list[int]:
@@ -225,11 +275,37 @@ def load_finetune_config(
     return load_config(FinetuneConfig, path_or_cfg, overrides)
 
 
-def resolved_data_config(cfg: FinetuneConfig) -> DataConfig:
-    """The data section with the input of the task (one modality, the chosen S2 bands)."""
-    data = copy.deepcopy(cfg.data)
+def resolve_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
+    """A copy of ``cfg`` whose input and classes are filled in from the data (like
+    :func:`cromss.training.config.resolve_pretrain_config`).
+
+    ``data``: modalities = [modality], the chosen S2 bands, then modalities, bands, classes and colours
+    from the dataset (:func:`cromss.data.description.resolve_data_config`); ``bands`` = the input band
+    names; ``num_classes`` = the number of classes. A band the dataset lacks, a modality it does not hold
+    or a class count that differs is a ConfigError naming the key. A resolved config comes back unchanged.
+    """
+    from cromss.data.description import resolve_data_config
+
+    cfg.validate()
+    out = copy.deepcopy(cfg)
+    data = out.data
     data.modalities = [cfg.modality]
     data.s2_bands = cfg.s2_bands
-    from cromss.data.description import resolve_stats  # record the statistics files used (run folder)
+    given = cfg.bands or (data.bands or {}).get(cfg.modality)
+    data.bands = {cfg.modality: list(given)} if given else None
+    data = resolve_data_config(data)
+    out.data = data
+    out.bands = list(data.bands[cfg.modality]) if cfg.data.kind == "generic" else None
+    if out.num_classes is not None and out.num_classes != len(data.classes):
+        raise ConfigError(
+            f"config key 'num_classes' is {out.num_classes} but the dataset has {len(data.classes)} classes "
+            f"({', '.join(data.classes)})"
+        )
+    out.num_classes = len(data.classes)
+    out.validate()
+    return out
 
-    return resolve_stats(data)
+
+def resolved_data_config(cfg: FinetuneConfig) -> DataConfig:
+    """The data section with the input of the task (one modality, its bands, the dataset's classes)."""
+    return resolve_finetune_config(cfg).data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -49,17 +50,30 @@ def evaluate_run(
     from torch.utils.data import DataLoader
 
     from cromss.data import build_dataset
+    from cromss.data.description import class_table_of, resolve_data_config
 
     module, cfg, ckpt = load_run(run_or_ckpt)
     data_cfg = copy.deepcopy(cfg.data)
+    data_cfg.modalities = [cfg.modality]
     if data_root is not None:
         data_cfg.root = str(data_root)
-    if kind is not None:
+    if kind is not None and kind != cfg.data.kind:
+        if kind == "generic" or cfg.data.kind == "generic":
+            raise ConfigError(
+                f"--kind {kind!r}: the model of {ckpt} was trained on data.kind '{cfg.data.kind}'; evaluate it "
+                "on data of the same kind (a generic model on any generic dataset with the same classes and bands)"
+            )
         if CLASS_TABLES.get(kind, None) is None or CLASS_TABLES[kind].num_classes != cfg.classes:
             raise ConfigError(
                 f"--kind {kind!r} does not match the {cfg.classes}-class model of {ckpt} (trained on '{cfg.data.kind}')"
             )
         data_cfg.kind = kind
+        data_cfg.classes = data_cfg.class_colors = None  # the other built-in table of the same size
+    if data_root is not None or kind is not None or data_cfg.classes is None:
+        # the model's bands (by name) and classes are checked against the data it is evaluated on
+        colors = data_cfg.class_colors
+        data_cfg = resolve_data_config(dataclasses.replace(data_cfg, class_colors=None))
+        data_cfg.class_colors = colors or data_cfg.class_colors
     if batch_size is not None:
         data_cfg.batch_size = batch_size
     if num_workers is not None:
@@ -72,7 +86,8 @@ def evaluate_run(
     return {
         "checkpoint": str(ckpt), "data_root": str(data_cfg.root), "kind": data_cfg.kind, "split": split,
         "modality": cfg.modality, "encoder_label": cfg.label, "mode": cfg.mode,
-        "class_names": list(CLASS_TABLES[data_cfg.kind].names), **result,
+        "class_names": list(class_table_of(data_cfg).names),
+        "class_colors": list(class_table_of(data_cfg).colors), **result,
     }
 
 

@@ -34,18 +34,23 @@ def build_segmentation_model(framework: str, encoder: str, in_channels: int, num
 
 
 def load_encoder_weights(
-    model: torch.nn.Module, source: str, modality: str, in_channels: int, encoder_name: str | None = None
+    model: torch.nn.Module, source: str, modality: str, in_channels: int, encoder_name: str | None = None,
+    bands: list[str] | None = None, init_missing: str | None = None,
 ) -> dict[str, Any]:
     """Load an encoder source into ``model.encoder`` (strict); returns the source's info dict.
 
     ``source='random'`` leaves smp's random initialisation. Every other source goes through
-    :func:`cromss.weights.encoder_state_dict`, which maps it to smp/timm ResNet keys.
+    :func:`cromss.weights.encoder_state_dict`, which maps it to smp/timm ResNet keys; with ``bands``
+    (the model's input band names) the first-conv channels are selected BY NAME from the weights' bands
+    (a band they lack is an error unless ``init_missing`` is 'mean' or 'zero').
     """
     if source == "random":
         return {"source": "random"}
     from cromss.weights import encoder_state_dict
 
-    state_dict, info = encoder_state_dict(source, modality=modality, in_channels=in_channels)
+    state_dict, info = encoder_state_dict(
+        source, modality=modality, in_channels=in_channels, bands=bands, init_missing=init_missing
+    )
     pretrained_name = info.get("encoder") if isinstance(info, dict) else None
     if pretrained_name and encoder_name and pretrained_name != encoder_name:
         raise CheckpointError(
@@ -68,7 +73,7 @@ def load_encoder_weights(
     if not isinstance(info, dict):
         return {"source": source, "info": str(info)}
     # the pretraining config and export metadata stay in the source; keep what identifies it
-    keep = ("source", "layout", "modality", "in_channels", "encoder", "bands", "prefix")
+    keep = ("source", "layout", "modality", "in_channels", "encoder", "bands", "prefix", "band_selection")
     return {key: info[key] for key in keep if key in info}
 
 
@@ -90,4 +95,5 @@ def load_source_weights(model: torch.nn.Module, cfg: Any) -> dict[str, Any]:
         from cromss.baselines.checkpoints import load_baseline_weights
 
         return load_baseline_weights(model, cfg.weights, cfg.baseline, cfg.modality, cfg.input_bands, cfg.vit)
-    return load_encoder_weights(model, cfg.weights, cfg.modality, cfg.in_channels, encoder_name=cfg.encoder)
+    return load_encoder_weights(model, cfg.weights, cfg.modality, cfg.in_channels, encoder_name=cfg.encoder,
+                                bands=cfg.band_names, init_missing=cfg.init_missing)

@@ -9,7 +9,6 @@ splits, encoder weights, batch size) is checked before any folder is created.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import time
@@ -19,12 +18,12 @@ from typing import Any
 
 from cromss.checkpoints import safe_torch_load
 from cromss.config import to_dict
+from cromss.data.description import class_table_of
 from cromss.data.run_stats import record_run_stats
 from cromss.errors import CromssError, DataError, OutputError
 from cromss.locks import FolderLock
 from cromss.outputs import atomic_write_text, os_error_in, output_error, prepare_output_dir
-from cromss.schema import CLASS_TABLES
-from cromss.transfer.config import FinetuneConfig, resolved_data_config
+from cromss.transfer.config import FinetuneConfig, resolve_finetune_config
 from cromss.transfer.module import build_module, evaluate_model
 from cromss.transfer.results import write_aggregate, write_json
 
@@ -59,10 +58,9 @@ def _refuse_existing(run_dir: Path, overwrite: bool) -> None:
 
 
 def _run_config(cfg: FinetuneConfig, seed: int) -> FinetuneConfig:
-    run_cfg = copy.deepcopy(cfg)
+    run_cfg = resolve_finetune_config(cfg)  # a copy: input bands, classes and statistics of the data
     run_cfg.seed = seed
     run_cfg.seeds = [seed]
-    run_cfg.data = resolved_data_config(cfg)
     return run_cfg
 
 
@@ -177,6 +175,7 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = CromSSDataModule(run_cfg.data)
     module = build_module(run_cfg)
+
     checkpoint = ModelCheckpoint(
         dirpath=work_dir / "checkpoints", filename="best", monitor="val_miou", mode="max",
         save_last=True, auto_insert_metric_name=False,
@@ -242,7 +241,7 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
         "best_epoch": int(state.get("epoch", -1)),
         "best_val_miou": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "fit_seconds": round(fit_seconds, 2),
-        "class_names": list(CLASS_TABLES[run_cfg.data.kind].names),
+        "class_names": list(class_table_of(run_cfg.data).names),
         "weights_info": _plain(getattr(module, "weights_info", {})),
         **test,
     }
@@ -274,6 +273,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     seed folder is locked (a second process stops at once), and every input is read once
     (:func:`check_inputs`). The locks are held until every seed ran.
     """
+    cfg = resolve_finetune_config(cfg)  # checks the data once, before the first run folder
     dirs = [cfg.run_dir(seed) for seed in cfg.seed_list]
     if _rank() != 0:
         for seed in cfg.seed_list:

@@ -12,7 +12,7 @@ from typing import Any
 from cromss.errors import DataError
 from cromss.metrics import SCALAR_METRICS
 from cromss.transfer.config import METRIC_TITLES, MODE_TITLES, MODES
-from cromss.transfer.results import aggregate
+from cromss.transfer.results import aggregate, mean_std
 
 
 def _collect_metrics_files(patterns: list[str]) -> list[Path]:
@@ -72,9 +72,40 @@ def collect_table(patterns: list[str]) -> dict[str, Any]:
         groups.setdefault(identity, []).append(data)
     # a run's row name (e.g. a baseline's paper name 'satMAE++ (10B)'); older runs have none
     return {
-        key: aggregate(results) | {"n": len(results), "title": results[0].get("encoder_title") or key[1]}
+        key: aggregate(results) | {"n": len(results), "title": results[0].get("encoder_title") or key[1],
+                                   "per_class": _per_class(results)}
         for key, results in groups.items()
     }
+
+
+def _per_class(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per-class IoU mean/std over seeds with the class names of the data, or None when the runs do not
+    record them (older metrics.json) or disagree on the classes."""
+    names = [tuple(r.get("class_names") or ()) for r in results]
+    if not names[0] or len(set(names)) != 1 or any(len(r.get("iou") or ()) != len(names[0]) for r in results):
+        return None
+    iou = []
+    for index in range(len(names[0])):
+        mean, std = mean_std([r["iou"][index] for r in results if r["iou"][index] is not None])
+        iou.append({"mean": mean, "std": std})
+    return {"names": list(names[0]), "iou": iou}
+
+
+def per_class_rows(patterns: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """Per-class IoU table (mean±std %, columns = the data's class names): rows = weights and mode.
+
+    None when the runs record no class names or the tasks have different class lists."""
+    groups = collect_table(patterns)
+    tables = [g["per_class"] for g in groups.values()]
+    if not tables or any(t is None for t in tables) or len({tuple(t["names"]) for t in tables}) != 1:
+        return None
+    tasks = list(dict.fromkeys(task for task, _, _ in groups))
+    header = ["Weights", "Mode", *[f"{name} IoU" for name in tables[0]["names"]]]
+    rows = []
+    for (task, label, mode), stats in groups.items():
+        name = stats["title"] if len(tasks) == 1 else f"{task}: {stats['title']}"
+        rows.append([name, MODE_TITLES[mode], *[format_cell(c) for c in stats["per_class"]["iou"]]])
+    return header, rows
 
 
 def format_cell(stats: dict[str, float] | None) -> str:
@@ -107,10 +138,30 @@ def render_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(patterns: list[str], out_prefix: str | Path | None = None) -> str:
-    """The aggregate table as Markdown (returned) and, with ``out_prefix``, ``<prefix>.md``/``.csv``."""
+def _want_per_class(patterns: list[str], wanted: bool | None) -> tuple[list[str], list[list[str]]] | None:
+    if wanted is False:
+        return None
+    table = per_class_rows(patterns)
+    if table is None or wanted:
+        return table
+    from cromss.schema import CLASS_TABLES
+
+    names = [h.removesuffix(" IoU") for h in table[0][2:]]
+    builtin = any(list(t.names) == names for t in CLASS_TABLES.values())
+    return None if builtin else table
+
+
+def write_table(patterns: list[str], out_prefix: str | Path | None = None, per_class: bool | None = None) -> str:
+    """The aggregate table as Markdown (returned) and, with ``out_prefix``, ``<prefix>.md``/``.csv``.
+
+    ``per_class``: also the per-class IoU table named by the data's classes (``<prefix>_per_class.csv``);
+    None = when the classes are the user's own (generic data), so the built-in tasks keep the paper's layout.
+    """
     header, rows = table_rows(patterns)
     markdown = render_markdown(header, rows)
+    per_class = _want_per_class(patterns, per_class)
+    if per_class is not None:
+        markdown += "\nPer-class IoU (%, mean±std over seeds)\n\n" + render_markdown(*per_class)
     if out_prefix is not None:
         prefix = Path(out_prefix)
         prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -119,4 +170,9 @@ def write_table(patterns: list[str], out_prefix: str | Path | None = None) -> st
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(rows)
+        if per_class is not None:
+            with open(f"{prefix}_per_class.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(per_class[0])
+                writer.writerows(per_class[1])
     return markdown
