@@ -102,7 +102,7 @@ def per_class_rows(patterns: list[str]) -> tuple[list[str], list[list[str]]] | N
     tasks = list(dict.fromkeys(task for task, _, _ in groups))
     header = ["Weights", "Mode", *[f"{name} IoU" for name in tables[0]["names"]]]
     rows = []
-    for (task, label, mode), stats in groups.items():
+    for (task, _label, mode), stats in groups.items():
         name = stats["title"] if len(tasks) == 1 else f"{task}: {stats['title']}"
         rows.append([name, MODE_TITLES[mode], *[format_cell(c) for c in stats["per_class"]["iou"]]])
     return header, rows
