@@ -35,7 +35,17 @@ def _index(args: argparse.Namespace) -> int:
     if result.unsplit_locations:
         print(f"  {result.unsplit_locations} location(s) are in no split file: written with an empty split "
               "(= training pool)")
-    print(f"next: cromss data inspect {spec.root} && cromss data stats {spec.root}")
+    if args.stats:
+        # the band statistics every run normalises with (training split only, as `cromss data stats`)
+        from cromss.data.stats import compute_band_stats, write_band_stats
+
+        stats = compute_band_stats(spec.root, "generic", None, None)
+        for path in write_band_stats(stats, spec.root / "stats"):
+            print(f"wrote {path} (band statistics of the training split)")
+        print(f"next: cromss data inspect {spec.root}, then cromss pretrain with data.kind=generic "
+              f"data.root={spec.root}")
+    else:
+        print(f"next: cromss data inspect {spec.root} && cromss data stats {spec.root}")
     return 0
 
 
@@ -52,6 +62,9 @@ def register(data_sub: argparse._SubParsersAction, formatter: type[argparse.Help
         "           --image s1='S1/*_S1Hand.tif' --label 'Label/*_LabelHand.tif' --classes classes.yaml",
     )
     parser.add_argument("root", help="dataset folder (dataset.yaml and samples.csv are written here)")
+    parser.add_argument("--stats", action=argparse.BooleanOptionalAction, default=True,
+                        help="also compute the band statistics of the training split into ROOT/stats/ "
+                        "(as cromss data stats ROOT)")
     parser.add_argument("--image", action="append", required=True, metavar="NAME=GLOB",
                         help="one per modality: its name and the glob of its files (bands in file order)")
     parser.add_argument("--label", required=True, metavar="GLOB", help="glob of the (noisy) label files")
