@@ -134,21 +134,24 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     cfg = resolve_config(cfg)
     run_dir = run_dir_of(cfg)
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    # the data is read and checked BEFORE the run folder exists: bad input leaves nothing behind
     datamodule = CromSSDataModule(cfg.data)
-    datamodule.setup("fit")
     if _process_rank() != 0:  # DDP ranks > 0 write nothing; rank 0 holds the lock
-        return _fit(cfg, resume, run_dir, last, _start_epoch(cfg, resume, run_dir, last), None, datamodule)
-    created = not run_dir.exists()
+        start_epoch = _start_epoch(cfg, resume, run_dir, last)
+        datamodule.setup("fit")
+        return _fit(cfg, resume, run_dir, last, start_epoch, None, datamodule)
+    # folders this launch creates (output_dir too): removed again, if still empty, when a check fails
+    created = [p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()]
     prepare_output_dir(run_dir, "run folder")
     lock = FolderLock(run_dir / LOCK_FILE, run_dir, "run folder")
     try:
         lock.acquire()
         start_epoch = _start_epoch(cfg, resume, run_dir, last)
+        # the data is read and checked before anything is written: bad input leaves no run folder behind
+        datamodule.setup("fit")
     except BaseException:
         lock.release()
-        if created:  # a refused first launch leaves no empty folder behind
-            _remove_if_empty(run_dir)
+        for folder in reversed(created):  # a refused first launch leaves no empty folder behind
+            _remove_if_empty(folder)
         raise
     try:
         return _launch(cfg, resume, run_dir, last, start_epoch, datamodule)
