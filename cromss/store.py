@@ -613,6 +613,8 @@ class RecordSamples:
         num_seasons = int(meta["num_seasons"])
         self.view.record = record
         self.view.num_seasons = num_seasons
+        self.view.prescaled = any(bool(v) for v in meta["prescaled"].values())
+        self.view._preprocess = None
         if self.train or num_seasons == 1 or self.cfg.eval_seasons == "first":
             yield self.view[0]
         else:

@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, MulticlassJaccardIndex
 
 from cromss.config import from_dict, to_dict
+from cromss.data.preprocess import preprocess_batch
 from cromss.errors import DataError
 from cromss.losses import consistency_loss, segmentation_loss
 from cromss.models import build_model
@@ -172,6 +173,10 @@ class CromSSModule(L.LightningModule):
             terms[f"cons_{student}"] = self.cfg.method.consistency_weight * consistency_loss(
                 logits[student], probs[target], weights[target]["w_e"])
         return torch.stack(list(terms.values())).sum(), terms
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # compact batches (stored dtypes) are normalised, flipped and rotated here, on the device
+        return preprocess_batch(self, batch)
 
     # ------------------------------------------------------------------ training
     def _reseed(self, epoch: int) -> None:
