@@ -78,6 +78,8 @@ class ClipNormalize:
             raise DataError(f"ClipNormalize: every std must be > 0, got {std_t.tolist()}")
         self.mean = mean_t.float()
         self.std = std_t.float()
+        #: the statistics as given (float64), e.g. to store them with a converted dataset
+        self.stats64 = (mean_t.tolist(), std_t.tolist())
         self.num_std = float(num_std)
         self.low = (mean_t - num_std * std_t).float()
         self.high = (mean_t + num_std * std_t).float()

@@ -59,6 +59,11 @@ class CromSSDataModule(L.LightningDataModule):
         dataset = self.dataset(split)
         if len(dataset) == 0:
             raise DataError(f"the {split} split of {self.cfg.root} is empty")
+        if self.cfg.format == "stream":
+            from cromss.data.stream import stream_loader
+
+            # rank / worker sharding, shuffling and the resumable state are litdata's
+            return stream_loader(dataset, self.cfg, train=shuffle)
         workers = self.cfg.num_workers
         kwargs: dict[str, Any] = {}
         if workers > 0:

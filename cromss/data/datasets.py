@@ -44,6 +44,11 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, compact: bool = Fals
     ('nol') or training tiles (downstream; the test set is never used for validation). Generic datasets:
     their declared splits, else validation drawn by location.
     """
+    if cfg.format == "stream":
+        from cromss.data.stream import build_stream_dataset
+
+        cfg.validate()
+        return build_stream_dataset(cfg, split, train, compact)
     dataset = _build(cfg, split, train)
     dataset.compact = compact
     return dataset
