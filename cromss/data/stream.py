@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from litdata import StreamingDataLoader, StreamingDataset
 
 from cromss import schema
 from cromss.data.config import BUILTIN_KINDS, DataConfig
@@ -269,76 +270,70 @@ class _ItemView(SegmentationDataset):
         return self.item["label"], self.item.get("label_true")
 
 
-def _stream_class():
-    from litdata import StreamingDataset
+class StreamSegmentationDataset(StreamingDataset):
+    """litdata ``StreamingDataset`` of a cromss stream split; items become core samples.
 
-    class StreamSegmentationDataset(StreamingDataset):
-        """litdata ``StreamingDataset`` of a cromss stream split; items become core samples.
+    Rank- and worker-disjoint reading, shuffling (per epoch, from ``data.seed``) and resumable
+    state are litdata's; the season draw, crop and flip / rotation draws are the core's, seeded per
+    (seed, epoch, index).
+    """
 
-        Rank- and worker-disjoint reading, shuffling (per epoch, from ``data.seed``) and resumable
-        state are litdata's; the season draw, crop and flip / rotation draws are the core's, seeded per
-        (seed, epoch, index).
-        """
+    def __init__(self, cfg: DataConfig, split: str, train: bool, compact: bool = False) -> None:
+        meta = load_stream_metadata(cfg.root)
+        if meta["kind"] != cfg.kind:
+            raise DataError(f"data.kind is {cfg.kind!r} but the stream {cfg.root} holds a {meta['kind']!r} "
+                            f"dataset; set data.kind: {meta['kind']}")
+        if split not in meta["splits"]:
+            raise DataError(f"stream {cfg.root} has no split '{split}' (it has {sorted(meta['splits'])})")
+        super().__init__(_join(str(cfg.root), split), shuffle=train, drop_last=train, seed=cfg.seed)
+        self.cfg, self.meta, self.split, self.train, self.compact = cfg, meta, split, train, compact
+        self.view = _ItemView(cfg, meta, stream_description(cfg.root), train)
 
-        def __init__(self, cfg: DataConfig, split: str, train: bool, compact: bool = False) -> None:
-            meta = load_stream_metadata(cfg.root)
-            if meta["kind"] != cfg.kind:
-                raise DataError(f"data.kind is {cfg.kind!r} but the stream {cfg.root} holds a {meta['kind']!r} "
-                                f"dataset; set data.kind: {meta['kind']}")
-            if split not in meta["splits"]:
-                raise DataError(f"stream {cfg.root} has no split '{split}' (it has {sorted(meta['splits'])})")
-            super().__init__(_join(str(cfg.root), split), shuffle=train, drop_last=train, seed=cfg.seed)
-            self.cfg, self.meta, self.split, self.train, self.compact = cfg, meta, split, train, compact
-            self.view = _ItemView(cfg, meta, stream_description(cfg.root), train)
+    def preprocessor(self):
+        return self.view.preprocessor()
 
-        def preprocessor(self):
-            return self.view.preprocessor()
+    def __getitem__(self, index: Any) -> dict[str, Any]:
+        item = super().__getitem__(index)
+        position = int(index.index) if hasattr(index, "index") else int(index)
+        if self.train:
+            # the draws depend on (seed, epoch, sample), not on the reader's position: exact resume
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.current_epoch) * 10_000_019 + position)
+        view = self.view
+        view.item = item
+        season = int(item["season"])
+        view.entries = [(0, None if season < 0 else season)]
+        sample = view.compact_sample(0)
+        return sample if self.compact else view.preprocessor().sample(sample)
 
-        def __getitem__(self, index: Any) -> dict[str, Any]:
-            item = super().__getitem__(index)
-            position = int(index.index) if hasattr(index, "index") else int(index)
-            if self.train:
-                # the draws depend on (seed, epoch, sample), not on the reader's position: exact resume
-                torch.manual_seed((self.cfg.seed * 1_000_003 + self.current_epoch) * 10_000_019 + position)
-            view = self.view
-            view.item = item
-            season = int(item["season"])
-            view.entries = [(0, None if season < 0 else season)]
-            sample = view.compact_sample(0)
-            return sample if self.compact else view.preprocessor().sample(sample)
 
-    return StreamSegmentationDataset
 
 
 def build_stream_dataset(cfg: DataConfig, split: str, train: bool, compact: bool = False) -> Any:
     """The ``split`` of the stream at ``cfg.root`` (a local folder or an object-store URL)."""
-    return _stream_class()(cfg, split, train, compact)
+    return StreamSegmentationDataset(cfg, split, train, compact)
 
 
-def _loader_class():
-    from litdata import StreamingDataLoader
+class ResumableLoader(StreamingDataLoader):
+    """``StreamingDataLoader`` whose restored state applies to ONE epoch.
 
-    class ResumableLoader(StreamingDataLoader):
-        """``StreamingDataLoader`` whose restored state applies to ONE epoch.
+    litdata clears its ``restore`` flag only when an epoch runs to StopIteration; Lightning ends a
+    sized epoch without exhausting the iterator, so the next epoch would replay the restored
+    (finished) position and be empty. A new ``__iter__`` after the restored one starts fresh.
+    """
 
-        litdata clears its ``restore`` flag only when an epoch runs to StopIteration; Lightning ends a
-        sized epoch without exhausting the iterator, so the next epoch would replay the restored
-        (finished) position and be empty. A new ``__iter__`` after the restored one starts fresh.
-        """
+    _fresh_restore = False
 
-        _fresh_restore = False
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._fresh_restore = True
 
-        def load_state_dict(self, obj: dict[str, Any]) -> None:
-            super().load_state_dict(obj)
-            self._fresh_restore = True
+    def __iter__(self) -> Any:
+        if self.restore and not self._fresh_restore:
+            self.restore = False
+        self._fresh_restore = False
+        yield from super().__iter__()
 
-        def __iter__(self) -> Any:
-            if self.restore and not self._fresh_restore:
-                self.restore = False
-            self._fresh_restore = False
-            yield from super().__iter__()
 
-    return ResumableLoader
 
 
 def stream_loader(dataset: Any, cfg: DataConfig, train: bool) -> Any:
@@ -346,5 +341,5 @@ def stream_loader(dataset: Any, cfg: DataConfig, train: bool) -> Any:
     kwargs: dict[str, Any] = {}
     if cfg.num_workers > 0:
         kwargs["persistent_workers"] = cfg.persistent_workers
-    return _loader_class()(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+    return ResumableLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                            pin_memory=cfg.pin_memory, drop_last=train, **kwargs)
