@@ -1,7 +1,11 @@
-"""Data loading throughput (samples/s) of the LMDB and GeoTIFF pretraining layouts.
+"""Data loading throughput (samples/s) and bytes per sample of the LMDB, GeoTIFF and stream layouts.
 
-Writes a demo dataset at the real chip size (264 px), then times DataLoader iteration with random
-256 px crops, flips, rotations and random seasons (the pretraining pipeline) for 0, 1 and 2 workers.
+Writes a demo dataset at the real chip size (264 px), converts it to a litdata stream, then times
+DataLoader iteration of the pretraining pipeline (random 256 px crops, drawn flips / rotations,
+random seasons; compact samples as the DataModule serves them, normalised on the device after the
+transfer) for 0, 1 and 2 workers. "MB/sample" is the size of the tensors of one sample that cross
+the worker boundary (and the host-to-device copy). The device step (BatchPreprocess) is timed
+separately on this CPU: on a GPU node it runs on the GPU, not in the loader.
 
     .venv/bin/python benchmarks/data_loading.py --locations 32 --batches 12
 
@@ -16,28 +20,50 @@ import time
 from pathlib import Path
 
 
-def measure(root: Path, fmt: str, workers: int, batch_size: int, batches: int) -> float:
-    """Samples per second over ``batches`` batches, after one warm-up batch."""
+def _cfg(root: Path, fmt: str):
+    from cromss.data import DataConfig
+
+    return DataConfig(kind="nol", root=str(root), format=fmt, crop_size=256, val_fraction=0.01)
+
+
+def measure(root: Path, fmt: str, workers: int, batch_size: int, batches: int) -> tuple[float, float, float]:
+    """(loader samples/s over ``batches`` batches after one warm-up batch, MB per sample,
+    samples/s of the device step (BatchPreprocess) run on this CPU)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from cromss.data import DataConfig, build_dataset
+    from cromss.data import build_dataset
 
-    cfg = DataConfig(kind="nol", root=str(root), format=fmt, crop_size=256, val_fraction=0.01)
-    dataset = build_dataset(cfg, "train", train=True)
+    cfg = _cfg(root, fmt)
     torch.manual_seed(0)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        persistent_workers=False, drop_last=True)
-    seen, start = 0, None
+    dataset = build_dataset(cfg, "train", train=True, compact=True)
+    if fmt == "stream":
+        from cromss.data.stream import stream_loader
+
+        cfg.batch_size, cfg.num_workers, cfg.persistent_workers = batch_size, workers, workers > 0
+        loader = stream_loader(dataset, cfg, train=True)
+    else:
+        # persistent workers: worker start-up is paid once (excluded), not at every epoch of the small demo
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                            persistent_workers=workers > 0, drop_last=True)
+    seen, start, nbytes, batch = 0, None, 0, None
     while seen < batches * batch_size:
         for batch in loader:
+            nbytes = sum(v.numel() * v.element_size() for v in batch.values() if torch.is_tensor(v))
             if start is None:  # the first batch includes worker start-up
                 start = time.perf_counter()
                 continue
             seen += batch["label"].shape[0]
             if seen >= batches * batch_size:
                 break
-    return seen / (time.perf_counter() - start)
+    rate = seen / (time.perf_counter() - start)
+    # the device step (normalise, mask, flips / rotations), timed on this CPU; on a GPU it runs there
+    preprocess = dataset.preprocessor()
+    started = time.perf_counter()
+    for _ in range(5):
+        preprocess(batch)
+    device_rate = 5 * batch_size / (time.perf_counter() - started)
+    return rate, nbytes / batch_size / 1e6, device_rate
 
 
 def main() -> None:
@@ -53,6 +79,7 @@ def main() -> None:
     import torch
 
     from cromss.data.demo import make_demo
+    from cromss.data.stream import convert_to_stream
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,12 +88,16 @@ def main() -> None:
             start = time.perf_counter()
             make_demo(out, locations=args.locations, size=args.size, dw_train=0, dw_test=0)
             print(f"demo written in {time.perf_counter() - start:.1f} s")
-        print(f"| layout | workers | samples/s (batch {args.batch_size}, crop 256 of {args.size}) |")
-        print("|---|---|---|")
-        for fmt in ("lmdb", "geotiff"):
+        if not (out / "stream").is_dir():
+            convert_to_stream(_cfg(out / "nol", "lmdb"), out / "stream", chunk_bytes="16MB")
+        print(f"| layout | workers | loader samples/s (batch {args.batch_size}, crop 256 of {args.size}) "
+              "| MB/sample crossing the worker boundary | device step on this CPU, samples/s |")
+        print("|---|---|---|---|---|")
+        for fmt in ("lmdb", "geotiff", "stream"):
             for workers in args.workers:
-                rate = measure(out / "nol", fmt, workers, args.batch_size, args.batches)
-                print(f"| {fmt} | {workers} | {rate:.1f} |", flush=True)
+                root = out / ("stream" if fmt == "stream" else "nol")
+                rate, size, device = measure(root, fmt, workers, args.batch_size, args.batches)
+                print(f"| {fmt} | {workers} | {rate:.1f} | {size:.2f} | {device:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -162,3 +162,28 @@ class AtomicCheckpointIO(_checkpoint_io_base()):  # type: ignore[misc]
                 f"checkpoint {path} holds {type(state).__name__}, not a Lightning checkpoint dict"
             )
         return state
+
+
+def last_checkpoint_callback(dirpath: Any, filename: str, every_n_epochs: int = 1,
+                             every_n_steps: int | None = None) -> Any:
+    """The ``last.ckpt`` writer: every ``every_n_epochs`` epochs (0 = never at epoch ends), every
+    ``every_n_steps`` optimizer steps if set (mid-epoch resume of streamed data), and always at the
+    end of the final epoch, so a finished run always holds its final state.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class LastCheckpoint(ModelCheckpoint):
+        """Overwrites one checkpoint file (no monitor) on an epoch and / or step interval."""
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            epoch = trainer.current_epoch + 1
+            final = bool(trainer.should_stop) or (trainer.max_epochs is not None and epoch >= trainer.max_epochs)
+            due = final or (every_n_epochs >= 1 and epoch % every_n_epochs == 0)
+            if due and not self._should_skip_saving_checkpoint(trainer):
+                self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    return LastCheckpoint(
+        dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, save_on_train_epoch_end=True,
+        every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )

@@ -80,6 +80,8 @@ class ClipNormalize:
             raise DataError(f"ClipNormalize: every std must be > 0, got {std_t.tolist()}")
         self.mean = mean_t.float()
         self.std = std_t.float()
+        #: the statistics as given (float64), e.g. to store them with a converted dataset
+        self.stats64 = (mean_t.tolist(), std_t.tolist())
         self.num_std = float(num_std)
         self.low = (mean_t - num_std * std_t).float()
         self.high = (mean_t + num_std * std_t).float()
@@ -197,6 +199,81 @@ class JointAugment:
         for key, value in spatial.items():
             out[key] = value.as_subclass(torch.Tensor).contiguous()
         return out
+
+
+# ----------------------------------------------------------------------------- loader / device split
+#: Keys of a compact sample whose values are labels (stored as uint8 / int16, int64 after :func:`apply_geometry`).
+LABEL_KEYS: tuple[str, ...] = ("label", "labels_all_seasons", "label_true")
+
+
+def _crop_offset(size: int, crop: int) -> int:
+    # the draw of torchvision.transforms.v2.RandomCrop: one randint per cropped axis, none otherwise
+    return int(torch.randint(0, size - crop + 1, size=())) if size > crop else 0
+
+
+def crop_and_draw(sample: Mapping[str, Any], crop_size: int | None, flip_p: float, rotate_p: float,
+                  image_keys: Sequence[str] = IMAGE_KEYS) -> dict[str, Any]:
+    """The loader half of :class:`JointAugment`: random crop now, flips / rotation only DRAWN.
+
+    Consumes torch's global generator exactly like ``JointAugment`` (crop top, crop left,
+    horizontal flip, vertical flip, rotation), so a seeded worker yields the same geometry as
+    before. The drawn geometry is stored as ``aug`` = int64 ``[hflip, vflip, k]`` (rotation by
+    k x 90 degrees) and applied on the training device by :func:`apply_geometry`.
+    """
+    out = dict(sample)
+    keys = [k for k in (*image_keys, *MASK_KEYS) if k in out]
+    if crop_size is not None and keys:
+        height, width = out[keys[0]].shape[-2:]
+        if height < crop_size or width < crop_size:
+            raise DataError(
+                f"sample {out.get('id', '?')}: crop_size {crop_size} is larger than the "
+                f"{height}x{width} tile; set data.crop_size to at most {min(height, width)} or null"
+            )
+        top, left = _crop_offset(height, crop_size), _crop_offset(width, crop_size)
+        for key in keys:
+            out[key] = out[key][..., top:top + crop_size, left:left + crop_size].contiguous()
+    hflip = flip_p > 0 and bool(torch.rand(1) < flip_p)
+    vflip = flip_p > 0 and bool(torch.rand(1) < flip_p)
+    k = int(torch.randint(1, 4, ())) if rotate_p > 0 and float(torch.rand(())) < rotate_p else 0
+    out["aug"] = torch.tensor([int(hflip), int(vflip), k], dtype=torch.int64)
+    return out
+
+
+def apply_geometry(batch: Mapping[str, Any], aug: torch.Tensor, image_keys: Sequence[str] = IMAGE_KEYS) -> dict[str, Any]:
+    """The device half of :class:`JointAugment`: per-sample flips and rotations of a whole batch.
+
+    ``aug`` [B, 3] as drawn by :func:`crop_and_draw`; every image and mask key of the batch (first
+    dimension B) gets its sample's horizontal flip, vertical flip, then rotation by k x 90 degrees,
+    in JointAugment's order. Odd rotations of non-square batches are refused (the rotated samples
+    could not share a batch).
+    """
+    out = dict(batch)
+    keys = [k for k in (*image_keys, *MASK_KEYS) if k in out]
+    if not keys:
+        return out
+    aug = aug.to(out[keys[0]].device)
+    hflip, vflip, turns = aug[:, 0].bool(), aug[:, 1].bool(), aug[:, 2]
+    # only the chosen samples are transformed (index assignment), so an unaugmented batch costs nothing
+    steps = [(hflip.nonzero().flatten(), lambda t: t.flip(-1)), (vflip.nonzero().flatten(), lambda t: t.flip(-2))]
+    steps += [((turns == k).nonzero().flatten(), lambda t, k=k: torch.rot90(t, k, dims=(-2, -1))) for k in (1, 2, 3)]
+    steps = [(index, fn) for index, fn in steps if index.numel()]
+    for key in keys:
+        x = out[key]
+        if steps:
+            x = x.clone()
+        for index, fn in steps:
+            moved = fn(x[index])
+            if moved.shape[-2:] != x.shape[-2:]:
+                if x.shape[0] != 1:
+                    raise DataError(
+                        f"rotation by 90 degrees of {x.shape[-2]}x{x.shape[-1]} samples in a batch of "
+                        f"{x.shape[0]}: set data.crop_size (square crops) or data.rotate_p: 0"
+                    )
+                x = moved
+                continue
+            x[index] = moved
+        out[key] = x
+    return out
 
 
 def center_crop(sample: Mapping[str, Any], crop_size: int, image_keys: Sequence[str] = IMAGE_KEYS) -> dict[str, Any]:

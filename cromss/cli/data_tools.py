@@ -1,4 +1,4 @@
-"""``cromss data osm-filter | pad | assemble-nol | convert | verify-store | verify``: building datasets.
+"""``cromss data osm-filter | pad | assemble-nol | convert | verify``: building datasets.
 
 Registered into the ``cromss data`` group by ``cromss.cli.data``. Heavy imports (rasterio, torch)
 happen inside the command functions.
@@ -76,41 +76,30 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
 
     p = data_subparsers.add_parser(
         "convert", formatter_class=FORMATTER,
-        help="convert a dataset (LMDB / GeoTIFF layouts) into a sharded tar store for training at scale",
-        description="Read SRC with the cromss data readers and write DST: tar shards of --shard-size\n"
-        "locations whose members are gzip-compressed .npy arrays (webdataset naming: one member per\n"
-        "season for images, <key>.s2.0.npy.gz .. <key>.s2.3.npy.gz, so a reader inflates only the\n"
-        "season it feeds; <key>.label.npy.gz holds all seasons; <key>.json the id and metadata), plus\n"
-        "DST/index.json with per-shard sample counts, ids and sha256 checksums. All seasons and all\n"
-        "13 S2 bands are stored as the source holds them (uint8 from LMDB, raw DN/dB from GeoTIFF).\n"
-        "Read it with cromss.store.ShardedDataset (see docs/dataset-building.md).",
-        epilog="example: cromss data convert demo/nol nol_store --shard-size 16",
+        help="convert any dataset into a litdata stream (shards for many GPUs, local or in a bucket)",
+        description="Read SRC with the cromss readers (NoL LMDB / GeoTIFF, @DW / @OSM, DFC2020, generic)\n"
+        "and write OUT with litdata.optimize: one folder of chunks per split (train / val / test) and\n"
+        "OUT/cromss_stream.json, the dataset description (modalities and band names, classes and colours,\n"
+        "label convention, band statistics). Train items are locations with every timestamp (the season\n"
+        "is drawn per epoch); val / test items are the source split's evaluation entries. Images keep\n"
+        "their stored dtype. Train with data.format: stream, data.root: OUT (or the bucket URL it was\n"
+        "uploaded to). See docs/pretraining.md.",
+        epilog="example: cromss data convert demo/nol nol_stream --to stream\n"
+        "         cromss data convert my_data my_stream --to stream --kind generic",
     )
-    p.add_argument("src", type=Path, help="dataset folder (as data.root of a config)")
-    p.add_argument("dst", type=Path, help="new store folder")
-    p.add_argument("--kind", default="nol", choices=("nol", "dw", "osm", "dfc2020"), help="dataset kind (default: nol)")
+    p.add_argument("src", help="dataset folder (as data.root of a config)")
+    p.add_argument("out", help="new stream folder (or an object-store URL litdata can write, e.g. s3://b/p)")
+    p.add_argument("--to", default="stream", choices=("stream",), help="target format (default: stream)")
+    p.add_argument("--kind", default="nol", choices=("nol", "dw", "osm", "dfc2020", "generic"),
+                   help="dataset kind (default: nol)")
     p.add_argument("--format", default="auto", choices=("auto", "lmdb", "geotiff"),
                    help="layout of a 'nol' source (default: auto-detect)")
-    p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
-                   help="which locations: all (nol: every location; tiles: the train folder), train/val "
-                   "(the seeded 1%% split of cromss.data), test (tiles) (default: all)")
-    p.add_argument("--modalities", default="s1,s2", help="comma-separated modalities to store (default: s1,s2)")
-    p.add_argument("--shard-size", type=int, default=64, help="locations per shard (default: 64)")
-    p.add_argument("--compression", default="gz", choices=("gz", "none"), help="shard compression (default: gz)")
-    p.add_argument("--level", type=int, default=1,
-                   help="gzip level 1..9 (default: 1; higher levels write slower and save little, "
-                   "see docs/dataset-building.md)")
+    p.add_argument("--val-fraction", type=float, default=0.01,
+                   help="validation split drawn from the training locations / tiles (default: 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
+    p.add_argument("--chunk-bytes", default="64MB", help="litdata chunk size (default: 64MB)")
+    p.add_argument("--workers", type=int, default=1, help="conversion processes (default: 1)")
     p.set_defaults(func=cmd_convert)
-
-    p = data_subparsers.add_parser(
-        "verify-store", formatter_class=FORMATTER,
-        help="check every shard of a store against the sha256 sums of its index",
-        description="Recompute the sha256 of every shard listed in STORE/index.json; a missing or\n"
-        "corrupt shard is reported by name (exit status 2).",
-        epilog="example: cromss data verify-store nol_store",
-    )
-    p.add_argument("store", type=Path, help="store folder (with index.json)")
-    p.set_defaults(func=cmd_verify_store)
 
     p = data_subparsers.add_parser(
         "verify", formatter_class=FORMATTER,
@@ -166,19 +155,13 @@ def cmd_assemble_nol(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from cromss.data import DataConfig
-    from cromss.store import convert_dataset
+    from cromss.data.stream import convert_to_stream
 
-    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    cfg = DataConfig(kind=args.kind, root=str(args.src), format=args.format, modalities=modalities,
-                     crop_size=None)
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % 100 == 0:
-            print(f"  {done}/{total} locations", flush=True)
-
-    index = convert_dataset(cfg, args.dst, args.split, args.shard_size, args.compression, progress, args.level)
-    size = sum(s["bytes"] for s in index["shards"])
-    print(f"wrote {index['total']} locations in {len(index['shards'])} shard(s), {size / 1e6:.1f} MB -> {args.dst}")
+    cfg = DataConfig(kind=args.kind, root=str(args.src), format=args.format, crop_size=None,
+                     val_fraction=args.val_fraction, seed=args.seed)
+    meta = convert_to_stream(cfg, args.out, chunk_bytes=args.chunk_bytes, num_workers=args.workers)
+    counts = ", ".join(f"{split} {count}" for split, count in meta["splits"].items())
+    print(f"wrote a litdata stream of {meta['name']} ({counts} items) -> {args.out}")
     return 0
 
 
@@ -197,12 +180,4 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{path}: {check.entries} values, sizes ok, {state}")
     if bad:
         raise DataError(f"{len(bad)} LMDB(s) corrupt, first {bad[0].path}: {bad[0].problem()}; copy it again")
-    return 0
-
-
-def cmd_verify_store(args: argparse.Namespace) -> int:
-    from cromss.store import verify_store
-
-    counts = verify_store(args.store)
-    print(f"{args.store}: {counts['shards']} shard(s), {counts['samples']} samples, all checksums match")
     return 0

@@ -9,7 +9,7 @@ from cromss.errors import ConfigError
 KINDS: tuple[str, ...] = ("nol", "dw", "osm", "dfc2020", "generic")
 #: The built-in layouts (their modalities are always 's1' and 's2').
 BUILTIN_KINDS: tuple[str, ...] = ("nol", "dw", "osm", "dfc2020")
-FORMATS: tuple[str, ...] = ("auto", "lmdb", "geotiff")
+FORMATS: tuple[str, ...] = ("auto", "lmdb", "geotiff", "stream")
 
 
 @dataclass
@@ -19,7 +19,9 @@ class DataConfig:
     ``kind``: 'nol' (pretraining SSL4EO-S12@NoL), 'dw' / 'osm' (SSL4EO-S12@DW / @OSM tiles),
     'dfc2020', or 'generic' (any data: a folder with ``dataset.yaml`` + ``samples.csv``). ``root``: the
     dataset folder (a folder holding ``nol/`` or ``dw/``, as written by ``cromss data make-demo``,
-    works too). ``format``: 'lmdb' or 'geotiff' layout of 'nol'; 'auto' detects it. See docs/data.md.
+    works too). ``format``: 'lmdb' or 'geotiff' layout of 'nol'; 'auto' detects it; 'stream' = a litdata
+    stream written by ``cromss data convert SRC OUT --to stream`` (any kind; ``root`` a folder or an
+    object-store URL such as ``s3://bucket/nol``). See docs/data.md.
 
     ``modalities`` None = every modality of the dataset ('s1', 's2' for the built-in kinds).
     ``bands`` (optional, per modality): the band names fed to the model, a subset or reordering BY NAME

@@ -22,7 +22,23 @@ from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.description import DatasetDescription, stats_files
 from cromss.errors import DataError
-from cromss.transforms import ClipNormalize, JointAugment, center_crop
+from cromss.data.preprocess import AUG_KEY, BatchPreprocess
+from cromss.transforms import ClipNormalize, JointAugment, center_crop, crop_and_draw
+
+#: torch dtypes of the label dtypes of compact samples
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int16): torch.int16}
+
+
+def _storable(data: np.ndarray) -> np.ndarray:
+    """``data`` as a contiguous array of a dtype torch holds (uint32 -> int64, uint64 -> float64)."""
+    if data.dtype == np.uint32:
+        data = data.astype(np.int64)
+    elif data.dtype == np.uint64:
+        data = data.astype(np.float64)
+    elif data.dtype.byteorder not in ("=", "|"):
+        data = data.astype(data.dtype.newbyteorder("="))
+    # LMDB values are views of read-only buffers: copy, torch tensors must own writable memory
+    return np.ascontiguousarray(data) if data.flags.writeable else np.array(data, order="C")
 
 
 @dataclass
@@ -46,6 +62,11 @@ class SegmentationDataset(Dataset):
     num_seasons: int = 1
     #: True when locations may have fewer timestamps than ``num_seasons`` (samples then carry ``num_seasons``)
     variable_timestamps: bool = False
+    #: True when the stored images are already clipped and scaled to 0..255 (the NoL LMDBs): input = value / 255
+    prescaled: bool = False
+    #: True: ``__getitem__`` returns compact samples (stored dtypes, see :meth:`compact_sample`);
+    #: False: normalised float samples (docs/architecture.md). Set by ``build_dataset(..., compact=)``.
+    compact: bool = False
 
     def __init__(self, cfg: DataConfig, locations: list[Any], train: bool,
                  description: DatasetDescription | None = None) -> None:
@@ -54,6 +75,10 @@ class SegmentationDataset(Dataset):
         self.locations = locations
         self.description = description
         self._normalizers: dict[str, ClipNormalize] | None = None
+        self._preprocess: BatchPreprocess | None = None
+        num_classes = description.num_classes if description is not None else 0
+        # uint8 holds class ids 0..254 next to IGNORE_INDEX = 255
+        self.label_dtype = np.dtype(np.uint8 if num_classes < schema.IGNORE_INDEX else np.int16)
         # training without augmentation still takes the random crop (fixed-size batches)
         self.augment = None
         if train and (cfg.augment or cfg.crop_size is not None):
@@ -167,6 +192,23 @@ class SegmentationDataset(Dataset):
         return np.concatenate([labels, pad])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The sample of ``index``: compact (stored dtypes, ``aug``) if ``self.compact``, else normalised floats."""
+        sample = self.compact_sample(index)
+        return sample if self.compact else self.preprocessor().sample(sample)
+
+    def preprocessor(self) -> BatchPreprocess:
+        """The :class:`BatchPreprocess` turning this dataset's compact batches into normalised floats."""
+        if self._preprocess is None:
+            self._preprocess = BatchPreprocess(
+                self.modalities, {m: None if self.prescaled else self.normalizers[m] for m in self.modalities})
+        return self._preprocess
+
+    def compact_sample(self, index: int) -> dict[str, Any]:
+        """Images in their stored dtype, labels as ``label_dtype``, cropped, geometry drawn (``aug``).
+
+        Normalisation, the ``valid`` masking of images and the flips / rotations are left to
+        :class:`~cromss.data.preprocess.BatchPreprocess` (on the training device).
+        """
         if not 0 <= index < len(self.entries):
             raise IndexError(index)
         location, fixed = self.entries[index]
@@ -184,31 +226,29 @@ class SegmentationDataset(Dataset):
                     f"sample {sample_id}: {modality} image is {images.data.shape[-2]}x{images.data.shape[-1]} "
                     f"but its label is {height}x{width}"
                 )
+            if images.prescaled != self.prescaled:
+                raise DataError(f"sample {sample_id}: {modality} values are not scaled like the rest of the dataset")
             invalid |= images.invalid
-            tensor = torch.from_numpy(np.asarray(images.data, dtype=np.float32))
-            if images.prescaled:
-                tensor = tensor / 255.0
-            else:
-                tensor = self.normalizers[modality](tensor)
-            sample[modality] = tensor
+            sample[modality] = torch.from_numpy(_storable(images.data))
         valid = torch.from_numpy(~invalid)
-        for modality in self.modalities:
-            sample[modality] = torch.where(valid, sample[modality], torch.zeros((), dtype=torch.float32))
-        all_seasons = torch.from_numpy(self._pad(labels))
-        label = torch.where(valid, all_seasons[season], torch.tensor(schema.IGNORE_INDEX))
+        ignore = torch.tensor(schema.IGNORE_INDEX, dtype=_TORCH_DTYPES[self.label_dtype])
+        all_seasons = torch.from_numpy(self._pad(labels).astype(self.label_dtype))
         sample.update(
-            label=label, labels_all_seasons=all_seasons, season=torch.tensor(season, dtype=torch.int64),
-            valid=valid, id=sample_id,
+            label=torch.where(valid, all_seasons[season], ignore), labels_all_seasons=all_seasons,
+            season=torch.tensor(season, dtype=torch.int64), valid=valid, id=sample_id,
         )
         if self.variable_timestamps:
             sample["num_seasons"] = torch.tensor(count, dtype=torch.int64)
         if labels_true is not None:
-            true = torch.from_numpy(labels_true)
-            sample["label_true"] = torch.where(valid, true[season], torch.tensor(schema.IGNORE_INDEX))
+            true = torch.from_numpy(np.asarray(labels_true[season]).astype(self.label_dtype))
+            sample["label_true"] = torch.where(valid, true, ignore)
+        keys = tuple(self.modalities)
         if self.augment is not None:
-            sample = self.augment(sample)
-        elif not self.train and self.cfg.eval_crop is not None:
-            sample = center_crop(sample, self.cfg.eval_crop, image_keys=tuple(self.modalities))
+            aug = self.augment
+            return crop_and_draw(sample, aug.crop_size, aug.flip_p, aug.rotate_p, image_keys=keys)
+        if not self.train and self.cfg.eval_crop is not None:
+            sample = center_crop(sample, self.cfg.eval_crop, image_keys=keys)
+        sample[AUG_KEY] = torch.zeros(3, dtype=torch.int64)
         return sample
 
     def labelled_pixels(self, location: int) -> tuple[int, int, dict[str, int]]:

@@ -11,6 +11,7 @@ from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.datasets import build_dataset
 from cromss.data.description import class_table_of
+from cromss.data.preprocess import BatchPreprocess
 from cromss.errors import DataError
 
 
@@ -53,6 +54,9 @@ class CromSSDataModule(L.LightningDataModule):
     Train: shuffled, augmented, random season, ``drop_last`` only when the split has more than one
     batch. Val/test: no augmentation, deterministic season(s) (``cfg.eval_seasons``), full tiles.
     ``num_classes`` and ``class_table`` come from the dataset's description (built-in or ``dataset.yaml``).
+
+    Batches are compact (stored dtypes, labels uint8, see :mod:`cromss.data.preprocess`); the cromss
+    LightningModules finish them on the device with :attr:`preprocess` in ``on_after_batch_transfer``.
     """
 
     def __init__(self, cfg: DataConfig) -> None:
@@ -67,8 +71,14 @@ class CromSSDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split``, built once."""
         if split not in self.datasets:
-            self.datasets[split] = build_dataset(self.cfg, split, train=split == "train")
+            self.datasets[split] = build_dataset(self.cfg, split, train=split == "train", compact=True)
         return self.datasets[split]
+
+    @property
+    def preprocess(self) -> BatchPreprocess:
+        """Compact batch -> normalised float batch (the same for every split of one dataset)."""
+        built = next(iter(self.datasets.values()), None)
+        return (built if built is not None else self.dataset("train")).preprocessor()
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -86,6 +96,11 @@ class CromSSDataModule(L.LightningDataModule):
         dataset = self.dataset(split)
         if len(dataset) == 0:
             raise DataError(f"the {split} split of {self.cfg.root} is empty")
+        if self.cfg.format == "stream":
+            from cromss.data.stream import stream_loader
+
+            # rank / worker sharding, shuffling and the resumable state are litdata's
+            return stream_loader(dataset, self.cfg, train=shuffle)
         workers = self.cfg.num_workers
         kwargs: dict[str, Any] = {}
         if workers > 0:

@@ -33,13 +33,28 @@ from cromss.errors import DataError
 
 
 # ----------------------------------------------------------------------------- factory
-def build_dataset(cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:
+def build_dataset(cfg: DataConfig, split: str, train: bool, compact: bool = False) -> SegmentationDataset:
     """Dataset of ``split`` ('train' | 'val' | 'test') for ``cfg``.
+
+    ``compact=False``: samples hold normalised float images (docs/architecture.md). ``compact=True``
+    (the DataModule's): stored dtypes, cropped, geometry drawn but not applied; its
+    :meth:`~SegmentationDataset.preprocessor` finishes the batch on the training device.
 
     'val' is a seeded ``cfg.val_fraction`` split (at least 1 sample) of the training locations
     ('nol') or training tiles (downstream; the test set is never used for validation). Generic datasets:
     their declared splits, else validation drawn by location.
     """
+    if cfg.format == "stream":
+        from cromss.data.stream import build_stream_dataset
+
+        cfg.validate()
+        return build_stream_dataset(cfg, split, train, compact)
+    dataset = _build(cfg, split, train)
+    dataset.compact = compact
+    return dataset
+
+
+def _build(cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
     cfg.validate()

@@ -389,6 +389,10 @@ def finite_or_none(value: Any) -> float | None:
 # ----------------------------------------------------------------------------- config resolution
 def describe(cfg: Any) -> DatasetDescription:
     """The description of the dataset a :class:`~cromss.data.config.DataConfig` points to."""
+    if getattr(cfg, "format", None) == "stream":
+        from cromss.data.stream import stream_description  # the stream's own copy of the description
+
+        return stream_description(cfg.root)
     if cfg.kind == "generic":
         return load_description(cfg.root)
     return builtin_description(cfg.kind, cfg.s2_bands, cfg.root)

@@ -99,6 +99,7 @@ class NolLmdbDataset(SegmentationDataset):
     """SSL4EO-S12@NoL from the released LMDBs (uint8 images, shape (4, C, H, W); labels (4, H, W))."""
 
     num_seasons = schema.NUM_SEASONS
+    prescaled = True
 
     def __init__(self, cfg: DataConfig, root: Path, indices: list[int] | None, train: bool) -> None:
         self.root = root

@@ -34,8 +34,8 @@ and their SSL4EO-S12 ids. SSL4EO-S12 is published (CC BY 4.0) as:
     (s1_grd/, s2_l1c/, s2_l2a/; parts of ~48 GB each) of the GeoTIFF tree <id>/<season>/<band>.tif.
     cromss reads this tree once the parts are joined and unpacked and the S1 / S2 L1C folders are
     named (or linked as) s1/ and s2c/ (docs/data.md). The uint8 LMDBs of the CromSS runs
-    (0k_251k_uint8_s1.lmdb, ..._s2c.lmdb) are not published: train from the tree, from a sharded
-    store (cromss data convert), or build LMDBs yourself.
+    (0k_251k_uint8_s1.lmdb, ..._s2c.lmdb) are not published: train from the tree, from a litdata
+    stream (cromss data convert SRC OUT --to stream), or build LMDBs yourself.
   * v1.1, dataset embed2scale/SSL4EO-S12-v1.1: re-aligned S1/S2 as Zarr stores in zip files
     (*.zarr.zip). cromss does NOT read this format, and the NoL ids and masks were made for v1.0.
 Then: cromss data assemble-nol --s1 SSL4EO/s1 --s2 SSL4EO/s2c --labels NOL/dw_labels --out REPORT

@@ -118,6 +118,9 @@ class TrainerConfig:
     (batches) or a float (fraction) or null (all). ``checkpoint_every_n_epochs`` k: also keep
     ``checkpoints/epoch=N.ckpt`` every k epochs (N = Lightning's 0-based epoch: k=10 keeps epoch=9,
     epoch=19, ...), e.g. for ``cromss analyze bn-kl`` curves over epochs; None = only last/best.ckpt.
+    ``last_checkpoint_every_n_epochs`` k: rewrite ``last.ckpt`` every k epochs (and always after the
+    final one); ``last_checkpoint_every_n_steps`` n: also every n optimizer steps, for exact mid-epoch
+    resume with ``data.format: stream``. ``best.ckpt`` is written only when ``val/loss`` improves.
     """
 
     max_epochs: int = 200
@@ -136,6 +139,8 @@ class TrainerConfig:
     gradient_clip_val: float | None = None
     progress_bar: bool = True
     checkpoint_every_n_epochs: int | None = None
+    last_checkpoint_every_n_epochs: int = 1
+    last_checkpoint_every_n_steps: int | None = None
 
     def validate(self) -> None:
         """Raise ConfigError naming the ``trainer.*`` key of an impossible value."""
@@ -162,6 +167,12 @@ class TrainerConfig:
                 f"config key 'trainer.checkpoint_every_n_epochs': {self.checkpoint_every_n_epochs} must be "
                 ">= 1 or null (no periodic checkpoints)"
             )
+        if self.last_checkpoint_every_n_epochs < 1:
+            raise ConfigError(f"config key 'trainer.last_checkpoint_every_n_epochs': "
+                              f"{self.last_checkpoint_every_n_epochs} must be >= 1")
+        if self.last_checkpoint_every_n_steps is not None and self.last_checkpoint_every_n_steps < 1:
+            raise ConfigError(f"config key 'trainer.last_checkpoint_every_n_steps': "
+                              f"{self.last_checkpoint_every_n_steps} must be >= 1 or null")
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
             raise ConfigError(f"config key 'trainer.gradient_clip_val': {self.gradient_clip_val} must be > 0 or null")
 

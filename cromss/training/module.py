@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, MulticlassJaccardIndex
 
 from cromss.config import from_dict, to_dict
+from cromss.data.preprocess import preprocess_batch
 from cromss.errors import DataError
 from cromss.losses import consistency_loss, segmentation_loss
 from cromss.models import ENCODER_DEPTH, build_model, pad_to_multiple
@@ -39,6 +40,11 @@ AUC_THRESHOLDS = 1001
 #: (default 0). Used to check that a failing DDP rank fails the whole job with its message.
 FAIL_RANK_ENV = "CROMSS_TEST_FAIL_RANK"
 FAIL_STEP_ENV = "CROMSS_TEST_FAIL_STEP"
+#: Test-only: ``CROMSS_TEST_SAMPLE_LOG=path`` appends "epoch step rank id..." per training batch to
+#: ``path.rank<r>``; ``CROMSS_TEST_STALL_STEP=n`` makes every rank hang at global step n (after the
+#: checkpoint of step n), so a test can kill -9 the job mid-epoch at a known point.
+SAMPLE_LOG_ENV = "CROMSS_TEST_SAMPLE_LOG"
+STALL_STEP_ENV = "CROMSS_TEST_STALL_STEP"
 
 
 class ClassMean(Metric):
@@ -184,6 +190,10 @@ class CromSSModule(L.LightningModule):
                 logits[student], probs[target], weights[target]["w_e"])
         return torch.stack(list(terms.values())).sum(), terms
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # compact batches (stored dtypes) are normalised, flipped and rotated here, on the device
+        return preprocess_batch(self, batch)
+
     # ------------------------------------------------------------------ training
     def _reseed(self, epoch: int) -> None:
         seed = epoch_seed(self.cfg.seed, self.global_rank, epoch)
@@ -210,6 +220,19 @@ class CromSSModule(L.LightningModule):
             raise DataError(f"injected failure on rank {self.global_rank} at step {self.global_step} "
                             f"(test hook {FAIL_RANK_ENV})")
 
+    def _test_hooks(self, batch: dict[str, Any]) -> None:
+        log = os.environ.get(SAMPLE_LOG_ENV)
+        if log:
+            with open(f"{log}.rank{self.global_rank}", "a") as handle:
+                handle.write(f"{self.current_epoch} {self.global_step} {self.global_rank} {' '.join(batch['id'])}\n")
+        stall = os.environ.get(STALL_STEP_ENV)
+        if stall is not None and self.global_step == int(stall):
+            if log:
+                with open(f"{log}.stalled{self.global_rank}", "w") as handle:
+                    handle.write(str(self.global_step))
+            while True:
+                time.sleep(1)
+
     def _all_ranks_finite(self, loss: Tensor) -> bool:
         """True if the loss is finite on every rank (all ranks must skip together, or DDP would hang)."""
         bad = (~torch.isfinite(loss.detach())).float()
@@ -232,6 +255,8 @@ class CromSSModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         """Eq. (1) for one batch; returns None (no backward, no optimizer step) if the loss is NaN/Inf."""
         self._maybe_inject_failure()
+        if SAMPLE_LOG_ENV in os.environ or STALL_STEP_ENV in os.environ:
+            self._test_hooks(batch)
         # the forward pass updates BatchNorm running statistics: keep a copy to undo a NaN batch's update
         buffers = list(self.net.buffers())
         saved_buffers = [b.detach().clone() for b in buffers]

@@ -7,8 +7,8 @@ Run folder ``<output_dir>/<name>/``::
     metrics.csv          every logged value, per step / epoch, appended by every launch (column 'launch')
     cromss.lock          while a process trains the run: its pid and host
     tensorboard/         TensorBoard events (``tensorboard --logdir <run>/tensorboard``)
-    checkpoints/last.ckpt  written at the end of every epoch (resume from here)
-    checkpoints/best.ckpt  lowest validation loss so far
+    checkpoints/last.ckpt  every trainer.last_checkpoint_every_n_epochs epochs and after the last (resume)
+    checkpoints/best.ckpt  lowest validation loss so far (written only when it improves)
     checkpoints/epoch=N.ckpt  every k epochs with trainer.checkpoint_every_n_epochs = k (N 0-based)
     summary.json         final metrics, incl. the noise-detection ROC-AUC per modality
 """
@@ -226,7 +226,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from cromss.checkpoints import AtomicCheckpointIO
+    from cromss.checkpoints import AtomicCheckpointIO, last_checkpoint_callback
     from cromss.data import CromSSDataModule
     from cromss.outputs import atomic_write_text, os_error_in, output_error
     from cromss.training.history import append_csv_logger
@@ -246,11 +246,10 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         save_top_k=1, save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False,
     )
     # Lightning's save_last only writes when a best checkpoint was written too: a second callback
-    # without a monitor overwrites last.ckpt at the end of EVERY epoch
-    every_epoch = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename=Path(LAST_CHECKPOINT).stem, monitor=None, save_top_k=1,
-        save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False,
-    )
+    # without a monitor writes last.ckpt (trainer.last_checkpoint_every_n_epochs / _n_steps, and the final epoch)
+    every_epoch = last_checkpoint_callback(checkpoint_dir, Path(LAST_CHECKPOINT).stem,
+                                           cfg.trainer.last_checkpoint_every_n_epochs,
+                                           cfg.trainer.last_checkpoint_every_n_steps)
     callbacks: list[Any] = [checkpoint, every_epoch]
     if cfg.trainer.checkpoint_every_n_epochs:
         callbacks.append(EpochCheckpoint(

@@ -80,9 +80,10 @@ def evaluate_run(
         data_cfg.num_workers = num_workers
     if hasattr(data_cfg, "validate"):
         data_cfg.validate()
-    dataset = build_dataset(data_cfg, split, train=False)
+    # compact samples cross the worker boundary; evaluate_model normalises them on the model's device
+    dataset = build_dataset(data_cfg, split, train=False, compact=True)
     loader = DataLoader(dataset, batch_size=data_cfg.batch_size, shuffle=False, num_workers=data_cfg.num_workers)
-    result = evaluate_model(module, loader, cfg.classes, cfg.modality)
+    result = evaluate_model(module, loader, cfg.classes, cfg.modality, preprocess=dataset.preprocessor())
     return {
         "checkpoint": str(ckpt), "data_root": str(data_cfg.root), "kind": data_cfg.kind, "split": split,
         "modality": cfg.modality, "encoder_label": cfg.label, "mode": cfg.mode,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cromss.config import from_dict, to_dict
+from cromss.data.preprocess import AUG_KEY, preprocess_batch
 from cromss.errors import DataError
 from cromss.metrics import SCALAR_METRICS, SegmentationMetrics
 from cromss.schema import IGNORE_INDEX
@@ -57,6 +58,10 @@ def _lightning_module_class() -> type:
             labelled = label != IGNORE_INDEX
             one_hot = F.one_hot(torch.where(labelled, label, 0), self.cfg.classes).permute(0, 3, 1, 2)
             return segmentation_loss(logits, one_hot.to(logits.dtype), labelled.to(logits.dtype), dice=self.cfg.dice)
+
+        def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+            # compact batches (stored dtypes) are normalised, flipped and rotated here, on the device
+            return preprocess_batch(self, batch)
 
         def on_train_epoch_start(self) -> None:
             self.apply_freeze()
@@ -124,9 +129,14 @@ def build_module(cfg: FinetuneConfig, load_weights: bool = True) -> Any:
 
 @torch.no_grad()
 def evaluate_model(
-    module: Any, loader: Any, num_classes: int, modality: str, limit_batches: int | float | None = None
+    module: Any, loader: Any, num_classes: int, modality: str, limit_batches: int | float | None = None,
+    preprocess: Any = None,
 ) -> dict[str, Any]:
-    """Confusion-matrix metrics of ``module`` over a whole data loader (eval mode, no augmentation)."""
+    """Confusion-matrix metrics of ``module`` over a whole data loader (eval mode, no augmentation).
+
+    Compact batches are finished on the module's device by ``preprocess`` (default: the
+    ``preprocessor()`` of the loader's dataset).
+    """
     was_training = module.training
     module.eval()
     metrics = SegmentationMetrics(num_classes)
@@ -137,6 +147,9 @@ def evaluate_model(
     for index, batch in enumerate(loader):
         if limit_batches is not None and index >= limit_batches:
             break
+        if AUG_KEY in batch:
+            prepare = preprocess if preprocess is not None else loader.dataset.preprocessor()
+            batch = prepare({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
         if modality not in batch:
             raise DataError(f"batch has no '{modality}' input (keys: {sorted(batch)})")
         logits = module(batch[modality].to(device))
