@@ -137,7 +137,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     datamodule = CromSSDataModule(cfg.data)
     if _process_rank() != 0:  # DDP ranks > 0 write nothing; rank 0 holds the lock
         start_epoch = _start_epoch(cfg, resume, run_dir, last)
-        datamodule.setup("fit")
+        _check_data(cfg, datamodule)
         return _fit(cfg, resume, run_dir, last, start_epoch, None, datamodule)
     # folders this launch creates (output_dir too): removed again, if still empty, when a check fails
     created = [p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()]
@@ -147,7 +147,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         lock.acquire()
         start_epoch = _start_epoch(cfg, resume, run_dir, last)
         # the data is read and checked before anything is written: bad input leaves no run folder behind
-        datamodule.setup("fit")
+        _check_data(cfg, datamodule)
     except BaseException:
         lock.release()
         for folder in reversed(created):  # a refused first launch leaves no empty folder behind
@@ -157,6 +157,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         return _launch(cfg, resume, run_dir, last, start_epoch, datamodule)
     finally:
         lock.release()
+
+
+def _check_data(cfg: PretrainConfig, datamodule: Any) -> None:
+    """Build and check the training / validation data before the run writes anything.
+
+    Not for litdata streams: a StreamingDataset fixes its view of the ranks when it is built, so it must
+    be built by Lightning after the process group exists (its files were checked by ``data convert``).
+    """
+    if cfg.data.format != "stream":
+        datamodule.setup("fit")
 
 
 def _remove_if_empty(folder: Path) -> None:
