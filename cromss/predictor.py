@@ -89,7 +89,7 @@ def run_class_table(config: Mapping[str, Any], num_classes: int) -> ClassTable:
     data section (official checkpoints), else ``class_0 ..`` — always ``num_classes`` long."""
     from types import SimpleNamespace
 
-    from cromss.data.description import class_table_of
+    from cromss.data.resolution import class_table_of
 
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     table = None

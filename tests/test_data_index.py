@@ -16,7 +16,8 @@ from rasterio.transform import from_origin
 
 from cromss.cli import main
 from cromss.data import DataConfig
-from cromss.data.description import load_description, read_samples, resolve_data_config
+from cromss.data.description import load_description, read_samples
+from cromss.data.resolution import resolve_data_config
 
 
 def _rows(path):

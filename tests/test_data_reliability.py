@@ -16,7 +16,7 @@ from generic_data import make_synthetic
 from cromss.cli import main
 from cromss.data import CromSSDataModule, DataConfig, build_dataset
 from cromss.data.demo import make_demo
-from cromss.data.description import resolve_data_config
+from cromss.data.resolution import resolve_data_config
 from cromss.errors import DataError
 
 

@@ -12,7 +12,8 @@ import torch
 from generic_data import S2_NAMES, make_synthetic, tile_sen1floods11, write_samples
 
 from cromss.data import DataConfig, build_dataset
-from cromss.data.description import load_description, read_samples, resolve_data_config
+from cromss.data.description import load_description, read_samples
+from cromss.data.resolution import resolve_data_config
 from cromss.errors import ConfigError, DataError
 from cromss.schema import IGNORE_INDEX
 from cromss.smoothing import smooth_labels

@@ -72,7 +72,7 @@ def test_convert_generic_keeps_description(tmp_path):
     stream = DataConfig(kind="generic", root=str(tmp_path / "st"), format="stream")
     assert _same_eval_samples(stream, source, "val") == 3
     assert _same_eval_samples(stream, source, "test") == 2
-    from cromss.data.description import resolve_data_config
+    from cromss.data.resolution import resolve_data_config
 
     resolved = resolve_data_config(stream)
     assert resolved.classes == ["a", "b", "c"] and resolved.bands == {"opt": ["red", "nir"], "sar": ["vv"]}

@@ -153,7 +153,7 @@ def _data_config(data: str | None, run_config: dict[str, Any] | None) -> Any:
 def _class_table(data_cfg: Any, num_classes: int, fallback: Any = None) -> Any:
     """The class table (names, colours) of the data: the user's own for generic data, the built-in
     table otherwise; ``fallback`` when its size differs from the model's ``num_classes``."""
-    from cromss.data.description import class_table_of
+    from cromss.data.resolution import class_table_of
     from cromss.errors import CromssError
 
     try:

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 
 from cromss import schema
 from cromss.data.config import DataConfig
-from cromss.data.description import DatasetDescription, stats_files
+from cromss.data.description import DatasetDescription
+from cromss.data.resolution import stats_files
 from cromss.errors import DataError
 from cromss.data.preprocess import AUG_KEY, BatchPreprocess
 from cromss.transforms import ClipNormalize, JointAugment, center_crop, crop_and_draw

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.datasets import build_dataset
-from cromss.data.description import class_table_of
+from cromss.data.resolution import class_table_of
 from cromss.data.preprocess import BatchPreprocess
 from cromss.errors import DataError
 

@@ -237,14 +237,14 @@ class PretrainConfig:
 def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
     """A copy of ``cfg`` whose data and model facts are filled in from the dataset.
 
-    ``data``: modalities, bands and classes (:func:`cromss.data.description.resolve_data_config`).
+    ``data``: modalities, bands and classes (:func:`cromss.data.resolution.resolve_data_config`).
     ``model``: modalities = the data's, ``num_classes`` = the number of classes, ``bands`` = the data's
     band names where they differ from the Sentinel-1/2 tables. Set by hand, they must agree (ConfigError).
     A resolved config is returned unchanged without reading the dataset.
     """
     from dataclasses import replace
 
-    from cromss.data.description import resolve_data_config
+    from cromss.data.resolution import resolve_data_config
     from cromss.schema import modality_bands
 
     data = resolve_data_config(cfg.data)

@@ -280,11 +280,11 @@ def resolve_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
     :func:`cromss.training.config.resolve_pretrain_config`).
 
     ``data``: modalities = [modality], the chosen S2 bands, then modalities, bands, classes and colours
-    from the dataset (:func:`cromss.data.description.resolve_data_config`); ``bands`` = the input band
+    from the dataset (:func:`cromss.data.resolution.resolve_data_config`); ``bands`` = the input band
     names; ``num_classes`` = the number of classes. A band the dataset lacks, a modality it does not hold
     or a class count that differs is a ConfigError naming the key. A resolved config comes back unchanged.
     """
-    from cromss.data.description import resolve_data_config
+    from cromss.data.resolution import resolve_data_config
 
     cfg.validate()
     out = copy.deepcopy(cfg)

@@ -50,7 +50,7 @@ def evaluate_run(
     from torch.utils.data import DataLoader
 
     from cromss.data import build_dataset
-    from cromss.data.description import class_table_of, resolve_data_config
+    from cromss.data.resolution import class_table_of, resolve_data_config
 
     module, cfg, ckpt = load_run(run_or_ckpt)
     data_cfg = copy.deepcopy(cfg.data)

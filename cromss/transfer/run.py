@@ -18,7 +18,7 @@ from typing import Any
 
 from cromss.checkpoints import safe_torch_load
 from cromss.config import to_dict
-from cromss.data.description import class_table_of
+from cromss.data.resolution import class_table_of
 from cromss.data.run_stats import record_run_stats
 from cromss.errors import CromssError, DataError, OutputError
 from cromss.locks import FolderLock
