@@ -187,3 +187,14 @@ def last_checkpoint_callback(dirpath: Any, filename: str, every_n_epochs: int = 
         every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
+
+
+def fit_interruptible(trainer: Any, *args: Any, **kwargs: Any) -> None:
+    """``trainer.fit(...)``; Ctrl-C, which Lightning turns into exit status 1, is re-raised as
+    KeyboardInterrupt so the CLI prints its one line and exits 130."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise

@@ -236,7 +236,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from cromss.checkpoints import AtomicCheckpointIO, last_checkpoint_callback
+    from cromss.checkpoints import AtomicCheckpointIO, fit_interruptible, last_checkpoint_callback
     from cromss.data import CromSSDataModule
     from cromss.outputs import atomic_write_text, os_error_in, output_error
     from cromss.training.history import append_csv_logger
@@ -293,12 +293,8 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         # the run folder already holds config.yaml (and, on resume, our checkpoints): expected here
         warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None,
-                        weights_only=True)
-        except SystemExit:
-            if trainer.interrupted:  # Lightning turned Ctrl-C into exit status 1: the CLI's one line, 130
-                raise KeyboardInterrupt from None
-            raise
+            fit_interruptible(trainer, module, datamodule=datamodule, ckpt_path=str(last) if resume else None,
+                              weights_only=True)
         except CromssError:
             raise
         except Exception as err:

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cromss.checkpoints import safe_torch_load
+from cromss.checkpoints import fit_interruptible, safe_torch_load
 from cromss.config import to_dict
 from cromss.data.resolution import class_table_of
 from cromss.data.run_stats import record_run_stats
@@ -204,11 +204,7 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
         # a frozen encoder's BatchNorm layers are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         try:
-            trainer.fit(module, datamodule=datamodule)
-        except SystemExit:
-            if trainer.interrupted:  # Lightning turned Ctrl-C into exit status 1: the CLI's one line, 130
-                raise KeyboardInterrupt from None
-            raise
+            fit_interruptible(trainer, module, datamodule=datamodule)
         except CromssError:
             raise
         except Exception as err:
