@@ -116,8 +116,17 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
     except OSError as err:
         raise output_error(err, path, what) from None
     if not os.access(path, os.W_OK | os.X_OK):
+        if _read_only_mount(path):
+            raise OutputError(f"cannot write {what} {path}: read-only file system")
         raise OutputError(f"cannot write {what} {path}: permission denied (read-only location?)")
     return path
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def refuse_existing(path: str | Path, what: str, overwrite: bool, flag: str = "--overwrite") -> None:

@@ -33,6 +33,21 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _quiet_lightning_info():
+    """Lightning's info lines go to a handler bound to the stderr of the test that imported it (closed by
+    then under capsys): without them stderr holds only what cromss prints."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+
+
 def one_error_line(capsys, status: int) -> str:
     """Exit status 2, stderr exactly one line ``cromss: error: ...``, no usage block on stdout."""
     captured = capsys.readouterr()

@@ -211,13 +211,12 @@ def _items(entries: list[tuple[int, int]], cfg_dict: dict[str, Any], split: str,
         for entry in entries:
             yield _convert_one(entry, cfg_dict, split)
         return
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     pending: deque[Any] = deque()
     todo = iter(entries)
-    with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(num_workers) as pool:  # the platform's start method, as torch's DataLoader
         try:
             for entry in todo:
                 pending.append(pool.submit(_convert_one, entry, cfg_dict, split))
