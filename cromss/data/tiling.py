@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from cromss.errors import ConfigError, DataError, OutputError
@@ -160,21 +161,57 @@ def _write_tile(temp: Path, target: Path, profile: dict, data: object, descripti
     import rasterio
     from rasterio.errors import RasterioError
 
-    from cromss.outputs import os_error_cause, output_error, prepare_output_dir
+    from cromss.outputs import output_error, prepare_output_dir
 
     prepare_output_dir(target.parent, "tile folder")
+    printed: list[str] = []
     try:
-        with rasterio.open(temp, "w", **profile) as dst:
-            dst.write(data)
-            for index, text in enumerate(descriptions, start=1):
-                if text:
-                    dst.set_band_description(index, text)
-        with rasterio.open(temp) as check:  # libtiff may only print a failed write: read every pixel back
-            if not np.array_equal(check.read(), data, equal_nan=np.asarray(data).dtype.kind == "f"):
-                raise OSError(f"{temp} reads back other values than were written")
+        with _c_stderr(printed):  # libtiff prints a failed write ("_tiffWriteProc: ...") on stderr itself
+            with rasterio.open(temp, "w", **profile) as dst:
+                dst.write(data)
+                for index, text in enumerate(descriptions, start=1):
+                    if text:
+                        dst.set_band_description(index, text)
+            with rasterio.open(temp) as check:  # it may only print it: read every pixel back
+                if not np.array_equal(check.read(), data, equal_nan=np.asarray(data).dtype.kind == "f"):
+                    raise RasterioError(f"{temp} reads back other values than were written")
+    except RasterioError:  # RasterioIOError is an OSError too: GDAL's text ("Write failed") names no cause
+        raise OutputError(f"cannot write tile {target}: {_write_failure_cause(target.parent, ''.join(printed))}; "
+                          "no tile of this call was kept") from None
     except OSError as err:
         raise output_error(err, target, "tile") from None
-    except RasterioError as err:
-        cause = err.__cause__ if isinstance(err.__cause__, OSError) else None
-        detail = os_error_cause(cause) if cause else " ".join(str(err).split())
-        raise OutputError(f"cannot write tile {target}: {detail} (disk full or read-only?)") from None
+
+
+@contextmanager
+def _c_stderr(printed: list[str]) -> Iterator[None]:
+    """Collect what C code prints on file descriptor 2 inside the block (into ``printed``)."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            printed.append(capture.read(4096).decode(errors="replace"))
+
+
+def _write_failure_cause(folder: Path, printed: str = "") -> str:
+    """Why a GeoTIFF write came out incomplete, as far as the system and libtiff tell (GDAL's error does not)."""
+    import resource
+
+    try:
+        if os.statvfs(folder).f_bavail == 0 or "No space left" in printed:
+            return "no space left on the device"
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if "File too large" in printed or soft != resource.RLIM_INFINITY:
+        return "file too large (a file size limit, see 'ulimit -f')"
+    detail = " ".join(printed.split())[:200]
+    return f"the written file is incomplete ({detail or 'disk full, quota or a file size limit?'})"
