@@ -78,17 +78,19 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         "convert", formatter_class=FORMATTER,
         help="convert any dataset into a litdata stream (shards for many GPUs, local or in a bucket)",
         description="Read SRC with the cromss readers (NoL LMDB / GeoTIFF, @DW / @OSM, DFC2020, generic)\n"
-        "and write OUT with litdata.optimize: one folder of chunks per split (train / val / test) and\n"
+        "and write OUT with litdata's chunk writer: one folder of chunks per split (train / val / test) and\n"
         "OUT/cromss_stream.json, the dataset description (modalities and band names, classes and colours,\n"
         "label convention, band statistics). Train items are locations with every timestamp (the season\n"
         "is drawn per epoch); val / test items are the source split's evaluation entries. Images keep\n"
         "their stored dtype. Train with data.format: stream, data.root: OUT (or the bucket URL it was\n"
-        "uploaded to). See docs/pretraining.md.",
+        "uploaded to). All or nothing: OUT is written as a hidden temporary folder beside it and renamed\n"
+        "only when complete, under the lock OUT.cromss.lock; cromss_stream.json records the size and SHA-256\n"
+        "of every file (cromss data verify OUT). See docs/dataset-building.md.",
         epilog="example: cromss data convert demo/nol nol_stream --to stream\n"
         "         cromss data convert my_data my_stream --to stream --kind generic",
     )
     p.add_argument("src", help="dataset folder (as data.root of a config)")
-    p.add_argument("out", help="new stream folder (or an object-store URL litdata can write, e.g. s3://b/p)")
+    p.add_argument("out", help="new stream folder (or an object-store URL fsspec can write, e.g. s3://b/p: written locally, then uploaded)")
     p.add_argument("--to", default="stream", choices=("stream",), help="target format (default: stream)")
     p.add_argument("--kind", default="nol", choices=("nol", "dw", "osm", "dfc2020", "generic"),
                    help="dataset kind (default: nol)")
