@@ -338,3 +338,18 @@ def test_converted_stream_trains(stream, tmp_path, capsys):
     assert (tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt").is_file()
     config = yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())
     assert config["data"]["format"] == "stream"
+
+
+def test_a_truncated_chunk_of_a_remote_stream_is_reported_as_truncated(copy, tmp_path, monkeypatch):
+    """Remote root: litdata copies the chunk into its cache; the short copy is named, not 'corrupt' or a wait."""
+    import litdata.utilities.dataset_utilities as utilities
+
+    from cromss.errors import DataError
+
+    monkeypatch.setattr(utilities, "_LITDATA_CACHE_DIR", str(tmp_path / "cache"))
+    for chunk in (copy / "train").glob("chunk-*.bin"):
+        os.truncate(chunk, 1000)
+    dataset = build_dataset(DataConfig(kind="nol", root=f"local://{copy}", format="stream", crop_size=32), "train",
+                            train=False)
+    with pytest.raises(DataError, match=r"chunk chunk-0-\d+\.bin is 1000 bytes, its index records \d+: truncated"):
+        dataset[0]

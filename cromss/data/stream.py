@@ -51,6 +51,11 @@ def _is_url(root: str) -> bool:
     return "://" in root
 
 
+try:  # litdata's "timed out waiting for chunk" (a FileNotFoundError: it read as "cannot write run folder")
+    from litdata.exceptions import ChunkWaitTimeoutError as _ChunkWaitTimeout
+except ImportError:  # pragma: no cover - older litdata
+    _ChunkWaitTimeout = TimeoutError
+
 _FIELD_ERRORS = (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError,
                  AttributeError, RuntimeError)
 
@@ -276,6 +281,19 @@ class StreamSegmentationDataset(StreamingDataset):
                                     "JSON; delete it and run again") from None
                 check_index(index, f"{cached} (litdata's copy of {self.input_dir.url}/index.json)")
 
+    def _truncated_chunk(self) -> str:
+        """'chunk X is n bytes, its index records m' for a chunk shorter than its index says (litdata's copy)."""
+        folder = Path(getattr(self.input_dir, "path", None) or "")
+        try:
+            index = json.loads((folder / "index.json").read_bytes().decode("utf-8"))
+            for chunk in index["chunks"]:
+                file = folder / chunk["filename"]
+                if file.is_file() and file.stat().st_size < int(chunk["chunk_bytes"]):
+                    return f"chunk {chunk['filename']} is {file.stat().st_size} bytes, its index records {chunk['chunk_bytes']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return ""
+
     def preprocessor(self):
         return self.view.preprocessor()
 
@@ -284,11 +302,15 @@ class StreamSegmentationDataset(StreamingDataset):
             item = super().__getitem__(index)
         except DataError:
             raise
-        except TimeoutError as err:  # litdata's ChunkWaitTimeoutError: a chunk that never arrives whole
+        except (_ChunkWaitTimeout, TimeoutError) as err:  # a chunk that never arrives whole (remote roots)
             raise DataError(f"stream {self.cfg.root}/{self.split}: a chunk could not be read completely "
                             f"({' '.join(str(err).split())[:200]}): truncated or missing chunk file; run "
                             f"`cromss data verify {self.cfg.root}`") from None
         except _FIELD_ERRORS as err:
+            short = self._truncated_chunk()
+            if short:
+                raise DataError(f"stream {self.cfg.root}/{self.split}: {short}: truncated (an interrupted upload or "
+                                f"copy?); copy the stream again (`cromss data verify {self.cfg.root}`)") from None
             raise DataError(f"stream {self.cfg.root}/{self.split}: item {getattr(index, 'index', index)} cannot be "
                             f"decoded ({type(err).__name__}: {' '.join(str(err).split())[:160]}): a chunk is corrupt; "
                             f"run `cromss data verify {self.cfg.root}`") from None
