@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from cromss.errors import ConfigError
+from cromss.textfiles import read_text
 
 T = TypeVar("T")
 
@@ -133,11 +134,26 @@ def to_dict(obj: Any) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'method.alpha0=0.4'`` -> (['method', 'alpha0'], 0.4); the value is parsed as YAML."""
+    """``'method.alpha0=0.4'`` -> (['method', 'alpha0'], 0.4); the value is parsed as YAML.
+
+    A value that is not YAML (``optim.lr=[``, ``name=a: b: c``, ``data.batch_size=*x``, an unclosed quote,
+    a ``!!python/...`` tag, which the safe loader refuses) is a one-line ConfigError naming the override.
+    """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {text!r}: {key.strip()!r} is not a dotted config key (key.sub=value)")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ConfigError(
+            f"override {text!r}: the value {raw!r} is not a YAML value ({problem}); quote a string with "
+            "special characters, e.g. 'name=\"a: b\"'"
+        ) from None
+    return path, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -158,10 +174,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    text = read_text(path, "config file", ConfigError)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

@@ -47,6 +47,7 @@ from typing import Any, Literal
 from cromss.config import apply_overrides, from_dict, load_config, read_yaml, to_dict
 from cromss.errors import ConfigError, DataError
 from cromss.locks import FolderLock, LockHeld
+from cromss.textfiles import read_json
 
 MODES: tuple[str, ...] = ("frozen", "finetuned")
 LAYOUTS: tuple[str, ...] = ("ablation", "smoothing", "noise_sweep")
@@ -236,7 +237,7 @@ def _same_record(path: Path, record: dict[str, Any]) -> bool:
     """Whether the finished cell's ``cell.json`` holds ``record`` (raises if it holds another one)."""
     if not path.is_file():
         return False
-    changed = record_differences(json.loads(path.read_text()), json.loads(json.dumps(record)))
+    changed = record_differences(read_json(path, "experiment cell record"), json.loads(json.dumps(record)))
     if changed:
         raise ConfigError(
             f"cell {path.parent} was made with another config (differs in {changed[:5]}); use another "
@@ -532,7 +533,7 @@ def _run_finetune_cells(exp: ExperimentConfig, row: Row, log: Callable[[str], No
             states.append(run_cell(run_dir, run_dir / "metrics.json", record, work, log, wait))
             if states[-1] == "locked":
                 return states
-            results.append(json.loads((run_dir / "metrics.json").read_text()))
+            results.append(read_json(run_dir / "metrics.json", "fine-tuning metrics"))
         write_aggregate(cfg.group_dir(), results)
     return states
 
@@ -616,7 +617,7 @@ def collect_row(exp: ExperimentConfig, row: Row) -> dict[str, Any]:
         for seed in exp.finetune.seed_list:
             path = cfg.run_dir(seed) / "metrics.json"
             if path.is_file():
-                results.append(json.loads(path.read_text()))
+                results.append(read_json(path, "fine-tuning metrics"))
         record[mode] = {m: _stats([r.get(m) for r in results]) for m in ("oa", "aa", "miou", "mf1")}
         record[mode]["seeds"] = [r.get("seed") for r in results]
     record["auc"] = record["ap"] = record["pretrain_miou_true"] = None
@@ -626,11 +627,11 @@ def collect_row(exp: ExperimentConfig, row: Row) -> dict[str, Any]:
         record["mu"], record["beta"] = cfg.method.effective_mu, cfg.method.effective_beta
         noise_file = row.run_dir / NOISE_FILE
         if noise_file.is_file():
-            found = json.loads(noise_file.read_text())["modalities"].get(row.modality, {})
+            found = read_json(noise_file, "noise-detection record")["modalities"].get(row.modality, {})
             record["auc"], record["ap"] = found.get("auc"), found.get("ap")
         summary = row.run_dir / "summary.json"
         if summary.is_file():
-            record["pretrain_miou_true"] = json.loads(summary.read_text())["metrics"].get(f"val/miou_true_{row.modality}")
+            record["pretrain_miou_true"] = read_json(summary, "run summary")["metrics"].get(f"val/miou_true_{row.modality}")
     return record
 
 

@@ -6,6 +6,8 @@
   an interrupted or failed write leaves the previous file intact. The new file gets the usual
   ``0666 & ~umask`` permissions (0644 with the common umask 022), unlike :mod:`tempfile` and
   safetensors' own writer, which create 0600 files nobody else on a shared cluster can read.
+* :func:`check_output_file` is the one rule for an output file of a command: refused when it exists
+  (unless ``--overwrite``), is a folder, or is the same file as another output of that command.
 * :func:`output_error` turns an :class:`OSError` into :class:`~cromss.errors.OutputError` naming the
   path and the cause (the CLI prints it as one line, exit status 2); :func:`writing` does it for a block.
 """
@@ -20,8 +22,8 @@ from pathlib import Path
 
 from cromss.errors import OutputError
 
-__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "os_error_cause", "os_error_in", "output_error", "prepare_output_dir",
-           "refuse_existing", "shared_file_mode", "writing"]
+__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "check_output_file", "os_error_cause", "os_error_in",
+           "output_error", "prepare_output_dir", "refuse_existing", "shared_file_mode", "writing"]
 
 #: Suffix of the temporary file written before the rename.
 TEMP_SUFFIX = ".tmp"
@@ -114,8 +116,17 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
     except OSError as err:
         raise output_error(err, path, what) from None
     if not os.access(path, os.W_OK | os.X_OK):
+        if _read_only_mount(path):
+            raise OutputError(f"cannot write {what} {path}: read-only file system")
         raise OutputError(f"cannot write {what} {path}: permission denied (read-only location?)")
     return path
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def refuse_existing(path: str | Path, what: str, overwrite: bool, flag: str = "--overwrite") -> None:
@@ -123,6 +134,41 @@ def refuse_existing(path: str | Path, what: str, overwrite: bool, flag: str = "-
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputError(f"{what} {path} already exists: pass {flag} to replace it, or choose another path")
+
+
+def check_output_file(path: str | Path, what: str, overwrite: bool = False,
+                      others: dict[str, str | Path | None] | None = None, flag: str = "--overwrite") -> Path:
+    """THE rule for an output file of a command (``predict --out``, ``report --out``, ``export-encoder``, ...).
+
+    Checked before any work starts: ``path`` must not be a folder, its parent chain must not go through a
+    file, an existing file is refused unless ``overwrite`` (``flag`` names the option), and it must not be
+    the same file as another output of the same command (``others``: what -> path, e.g.
+    ``{"--out": out}`` for ``--probabilities``). Returns ``path``. The file itself is then written
+    atomically (:func:`atomic_write_bytes`, or ``<file>.tmp`` + rename), so a failed run leaves an earlier
+    file at ``path`` intact.
+    """
+    path = Path(path)
+    for label, other in (others or {}).items():
+        if other is not None and _same_file(path, Path(other)):
+            raise OutputError(f"{what} {path} is the same file as {label} {other}: give each output its own path")
+    if path.is_dir():
+        raise OutputError(f"cannot use {what} {path}: it is a folder, not a file")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"cannot use {what} {path}: {parent} is a file, not a folder")
+        if parent.is_dir():
+            break
+    refuse_existing(path, what, overwrite, flag)
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:

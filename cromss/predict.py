@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from cromss.errors import DataError, OutputError
-from cromss.outputs import prepare_output_dir, writing
+from cromss.locks import FolderLock
+from cromss.outputs import check_output_file, prepare_output_dir, writing
 from cromss.predictor import (  # noqa: F401  (re-exported: the predict API of cromss.predict)
     _generic_classes,
     load_predictor,
@@ -204,7 +205,7 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
                   nodata: float | None = None, classes: ClassTable = DW_CLASSES, device: str = "cpu",
                   cache_mb: int = 64, inputs: Mapping[str, ModalitySpec] | None = None,
                   normalizers: Mapping[str, Any] | None = None,
-                  nodata_rules: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  nodata_rules: Mapping[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Predict a class map GeoTIFF for a scene with U-Net ``modality`` of ``net`` (a ``CromSSNet``).
 
     Args:
@@ -228,10 +229,35 @@ def predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: s
         nodata_rules: modality -> :class:`cromss.data.description.NodataRule` of the run
             (:func:`run_nodata_rules`: its value replaces the file's nodata, ``nodata`` wins over both);
             default: the built-in datasets' rules (S1: nodata in any band, others: in all bands).
+        overwrite: replace an existing ``out`` / ``probabilities`` (refused otherwise, before the scene
+            is read: :func:`cromss.outputs.check_output_file`). ``<out>.lock`` keeps a second prediction
+            from writing the same map at the same time.
 
     Returns:
         Summary: size, grid, modality, tiles, class pixel counts, resampled files, band checks.
     """
+    out = Path(out)
+    probabilities = None if probabilities is None else Path(probabilities)
+    check_output_file(out, "class map", overwrite)
+    if probabilities is not None:
+        check_output_file(probabilities, "probability map", overwrite, others={"--out": out})
+    prepare_output_dir(out.parent, "output folder of --out")
+    with FolderLock(out.with_name(out.name + ".lock"), out, "class map"):
+        check_output_file(out, "class map", overwrite)  # again: another prediction may have finished it
+        return _predict_scene(net, out, s1=s1, s2=s2, modality=modality, tile=tile, overlap=overlap,
+                              probabilities=probabilities, probability_dtype=probability_dtype, nodata=nodata,
+                              classes=classes, device=device, cache_mb=cache_mb, inputs=inputs,
+                              normalizers=normalizers, nodata_rules=nodata_rules)
+
+
+def _predict_scene(net: Any, out: str | Path, s1: str | Path | None = None, s2: str | Path | None = None,
+                   modality: str | None = None, tile: int = 256, overlap: int = 64,
+                   probabilities: str | Path | None = None, probability_dtype: str = "float32",
+                   nodata: float | None = None, classes: ClassTable = DW_CLASSES, device: str = "cpu",
+                   cache_mb: int = 64, inputs: Mapping[str, ModalitySpec] | None = None,
+                   normalizers: Mapping[str, Any] | None = None,
+                   nodata_rules: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`predict_scene` once its outputs are checked and locked."""
     import rasterio
 
     specs: dict[str, ModalitySpec] = dict(inputs or {})
@@ -401,12 +427,15 @@ def scene_modalities(net: Any, modality: str | None, given: Any = None) -> list[
     return ["s2"] if "s2" in candidates else candidates[:1]
 
 
-def find_scenes(folder: str | Path, bands: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, ModalitySpec]]:
+def find_scenes(folder: str | Path, bands: Mapping[str, tuple[str, ...]],
+                errors: dict[str, str] | None = None) -> dict[str, dict[str, ModalitySpec]]:
     """Scene name -> inputs of the scenes of ``folder``: one scene per subfolder, or per raster file when
     one modality is read.
 
     In a scene subfolder a modality is its band files (matched by band name, :func:`cromss.scenes.match_band_files`),
     else the one raster file whose name holds the modality name as a token (``s2.tif``, ``scene_s1.tif``).
+    With ``errors`` given, a scene whose inputs cannot be found is recorded there (name -> message) and
+    left out instead of stopping the search.
     """
     from cromss.scenes import is_raster, match_band_files
 
@@ -416,7 +445,7 @@ def find_scenes(folder: str | Path, bands: Mapping[str, tuple[str, ...]]) -> dic
     scenes: dict[str, dict[str, ModalitySpec]] = {}
     for entry in sorted(folder.iterdir()):
         if entry.is_dir():
-            name, specs = entry.name, {}
+            name, specs, failed = entry.name, {}, False
             for m, names in bands.items():
                 try:
                     match_band_files(entry, names, m)
@@ -425,11 +454,15 @@ def find_scenes(folder: str | Path, bands: Mapping[str, tuple[str, ...]]) -> dic
                     stacks = [p for p in sorted(entry.iterdir()) if is_raster(p)
                               and m.lower() in re.split(r"[_\-.\s]+", p.stem.lower())]
                     if len(stacks) != 1:
-                        raise DataError(
-                            f"scene {entry}: no {m} input: no single stack file named by the modality (e.g. "
-                            f"{m}.tif; found {len(stacks)}) and not one file per band ({band_err})"
-                        ) from None
+                        problem = (f"scene {entry}: no {m} input: no single stack file named by the modality "
+                                   f"(e.g. {m}.tif; found {len(stacks)}) and not one file per band ({band_err})")
+                        if errors is None:
+                            raise DataError(problem) from None
+                        errors[name], failed = problem, True
+                        break
                     specs[m] = stacks[0]
+            if failed:
+                continue
         elif is_raster(entry):
             if len(bands) != 1:
                 raise DataError(f"scene file {entry}: the prediction reads {list(bands)}; put the files of each "
@@ -440,7 +473,7 @@ def find_scenes(folder: str | Path, bands: Mapping[str, tuple[str, ...]]) -> dic
         if name in scenes:
             raise DataError(f"--scenes {folder}: two scenes named {name!r} (their maps would share a file name)")
         scenes[name] = specs
-    if not scenes:
+    if not scenes and not errors:
         raise DataError(f"--scenes {folder} holds no scene (a subfolder per scene, or raster files)")
     return scenes
 
@@ -448,16 +481,31 @@ def find_scenes(folder: str | Path, bands: Mapping[str, tuple[str, ...]]) -> dic
 def predict_scenes(net: Any, scenes: str | Path, out_dir: str | Path, probabilities_dir: str | Path | None = None,
                    modality: str | None = None, **options: Any) -> list[dict[str, Any]]:
     """:func:`predict_scene` for every scene of folder ``scenes`` (:func:`find_scenes`): the map of scene
-    ``NAME`` is ``out_dir/NAME.tif`` (probabilities ``probabilities_dir/NAME.tif``)."""
+    ``NAME`` is ``out_dir/NAME.tif`` (probabilities ``probabilities_dir/NAME.tif``).
+
+    Every scene that can be mapped is mapped: a scene that fails (a missing band, inputs that do not
+    overlap, an existing map without ``overwrite``) is listed as ``{"scene": NAME, "error": MESSAGE}`` in
+    the returned list (in scene order) and the next scene is mapped. The CLI exits non-zero when any failed.
+    """
+    from cromss.errors import CromssError
+
     used = scene_modalities(net, modality)
-    found = find_scenes(scenes, {m: net_bands(net, m) for m in used})
+    errors: dict[str, str] = {}
+    found = find_scenes(scenes, {m: net_bands(net, m) for m in used}, errors)
     out_dir = Path(out_dir)
     if out_dir.resolve() == Path(scenes).resolve():
         raise DataError(f"--out {out_dir} is the --scenes folder; write the maps to another folder")
-    summaries = []
+    if probabilities_dir is not None and Path(probabilities_dir).resolve() == out_dir.resolve():
+        raise OutputError(f"--probabilities {probabilities_dir} is the --out folder {out_dir}: the probability "
+                          "maps would replace the class maps; give each its own folder")
+    summaries: dict[str, dict[str, Any]] = {name: {"scene": name, "error": error} for name, error in errors.items()}
     for name, specs in found.items():
         probs = None if probabilities_dir is None else Path(probabilities_dir) / f"{name}.tif"
-        summary = predict_scene(net, out_dir / f"{name}.tif", inputs=specs, modality=modality,
-                                probabilities=probs, **options)
-        summaries.append({"scene": name, **summary})
-    return summaries
+        try:
+            summary = predict_scene(net, out_dir / f"{name}.tif", inputs=specs, modality=modality,
+                                    probabilities=probs, **options)
+        except CromssError as err:  # the other scenes are still mapped; this one is listed at the end
+            summaries[name] = {"scene": name, "error": " ".join(str(err).split())}
+            continue
+        summaries[name] = {"scene": name, **summary}
+    return [summaries[name] for name in sorted(summaries)]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cromss.errors import DataError
+from cromss.textfiles import read_json, read_text
 
 #: Series drawn per curve panel at most (per-class metrics can add hundreds of columns).
 MAX_SERIES: int = 10
@@ -52,7 +53,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float, flo
     path = Path(path)
     series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     try:
-        with open(path, newline="") as handle:
+        with io.StringIO(read_text(path, "metrics file"), newline="") as handle:
             rows = list(enumerate(csv.DictReader(handle), start=2))
             kept = {id(row) for row in current_rows([row for _, row in rows])}
             for line, row in rows:
@@ -289,7 +290,7 @@ def run_section(run: Path, extra_images: Sequence[Path] = ()) -> str:
     config = None
     config_path = run / "config.yaml"
     if config_path.is_file():
-        text = config_path.read_text()
+        text = read_text(config_path, "run config")
         try:
             config = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -298,10 +299,7 @@ def run_section(run: Path, extra_images: Sequence[Path] = ()) -> str:
     for name in ("summary.json", "metrics.json"):
         path = run / name
         if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} is not valid JSON: {err}") from None
+            data = read_json(path, "run file")
             parts.append(f"<h3>{name}</h3>" + (_kv_table(data) if isinstance(data, dict)
                                                  else f"<pre>{html.escape(json.dumps(data, indent=1))}</pre>"))
             if isinstance(data, dict):
@@ -337,7 +335,7 @@ def run_section(run: Path, extra_images: Sequence[Path] = ()) -> str:
 
 
 def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "CromSS report",
-                 table: str | Path | None = None, images: Sequence[str | Path] = ()) -> Path:
+                 table: str | Path | None = None, images: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
     """Write the self-contained HTML report of ``runs`` to ``out``.
 
     Args:
@@ -346,7 +344,12 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "Crom
         title: page title.
         table: optional ``cromss table`` markdown file (shown as the metric table).
         images: extra PNG files or folders of PNGs (e.g. ``cromss analyze`` outputs kept elsewhere).
+        overwrite: replace an existing ``out`` (refused otherwise, before anything is read: the
+            rule of every output file, :func:`cromss.outputs.check_output_file`).
     """
+    from cromss.outputs import atomic_write_text, check_output_file, prepare_output_dir
+
+    check_output_file(out, "report", overwrite)
     run_paths = [Path(r) for r in runs]
     for run in run_paths:
         if not run.is_dir():
@@ -371,7 +374,7 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "Crom
         if not table_path.is_file():
             raise DataError(f"metric table not found: {table_path}")
         body.append('<section class="run"><h2>metric table</h2>'
-                    + markdown_table_html(table_path.read_text()) + "</section>")
+                    + markdown_table_html(read_text(table_path, "metric table")) + "</section>")
     for index, run in enumerate(run_paths):
         body.append(run_section(run, extra if index == 0 and len(run_paths) == 1 else ()))
     if extra and len(run_paths) != 1:
@@ -382,6 +385,5 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "Crom
             f"<p>cromss {__version__} · {len(run_paths)} run(s) · generated {stamp}</p></header><main>"
             + "\n".join(body) + "</main></body></html>")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
+    prepare_output_dir(out.parent, "report folder")
+    return atomic_write_text(out, page, "report")

@@ -242,6 +242,21 @@ def _open_modality(modality: str, spec: ModalitySpec, bands: tuple[str, ...], no
     return ModalityInput(modality, bands, [f], check)
 
 
+def _check_overlap(path: Path, dataset: Any, target: Grid, target_path: Path) -> None:
+    """Refuse a file that does not overlap the map grid at all: resampled, it would be all nodata (a map of
+    nothing but nodata, exit 0, is a silent wrong result)."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = transform_bounds(dataset.crs, target.crs, *dataset.bounds, densify_pts=21)
+    west, south, east, north = array_bounds(target.height, target.width, target.transform)
+    if right <= west or left >= east or top <= south or bottom >= north:
+        raise DataError(
+            f"input {path} ({Grid.of(dataset)}) does not overlap the map grid of {target_path} ({target}): "
+            "the inputs of one scene must cover the same area"
+        )
+
+
 def open_scene(specs: Mapping[str, ModalitySpec], bands: Mapping[str, Sequence[str]],
                nodata: float | None | Mapping[str, float | None] = None,
                any_band: Mapping[str, bool] | None = None) -> Scene:
@@ -276,6 +291,7 @@ def open_scene(specs: Mapping[str, ModalitySpec], bands: Mapping[str, Sequence[s
             if grid == target:
                 f.reader = f.dataset
                 continue
+            _check_overlap(f.path, f.dataset, target, next(p.path for p, g in zip(all_files, grids) if g == target))
             options: dict[str, Any] = {}
             if f.nodata is not None and math.isfinite(f.nodata):
                 options["src_nodata"] = f.nodata

@@ -21,6 +21,7 @@ import torch
 
 from cromss import schema
 from cromss.errors import DataError
+from cromss.textfiles import read_text
 
 #: Keys of a sample that are images (float, [C, H, W]); the other spatial keys are masks.
 IMAGE_KEYS: tuple[str, ...] = ("s1", "s2")
@@ -46,7 +47,7 @@ def load_band_stats(modality: str, path: str | Path | None = None) -> dict[str, 
         path = Path(path)
         if not path.is_file():
             raise DataError(f"band statistics file not found: {path}")
-        text = path.read_text()
+        text = read_text(path, "band statistics file")
         source = str(path)
     try:
         stats = json.loads(text)

@@ -35,8 +35,20 @@ def test_every_subcommand_has_help(capsys):
         assert "usage: cromss" in capsys.readouterr().out
 
 
-def test_user_error_is_one_line(tmp_path, capsys):
-    status = main(["data", "inspect", str(tmp_path / "nothing-here")])
-    err = capsys.readouterr().err
+@pytest.mark.parametrize("argv", [
+    ["data", "inspect", "{tmp}/nothing-here"],                      # a CromssError of the command
+    ["export-encoder", "{tmp}/no-run", "--modality", "s2", "{tmp}/out"],
+    ["pretrain", "--config", "{tmp}/missing.yaml"],
+    ["pretrain"],                                                    # argparse: required option missing
+    ["finetune", "--config"],                                        # argparse: option without its value
+    ["data", "stats", "{tmp}", "--kind", "banana"],                  # argparse: invalid choice
+    ["no-such-command"],
+])
+def test_user_error_is_one_line(tmp_path, capsys, argv):
+    status = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    captured = capsys.readouterr()
     assert status == 2
-    assert err.startswith("cromss: error:") and "Traceback" not in err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err  # ONE line: no 'usage:' block, no second 'PROG: error:' line
+    assert lines[0].startswith("cromss: error: ") and "Traceback" not in captured.err
+    assert captured.out == ""

@@ -1,8 +1,8 @@
 """The ``cromss`` command: one entry point, one subcommand group per concept.
 
 Each ``cromss.cli.<group>`` module exposes ``register(subparsers)`` and sets
-``func`` on its parsers; errors derived from :class:`~cromss.errors.CromssError` are printed as
-one clear line (no traceback) and exit with status 2.
+``func`` on its parsers. One rule for every user error, argparse's own included: ONE line
+``cromss: error: ...`` on stderr and exit status 2 (no usage block, no traceback).
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+import typing
 import warnings
 
 from cromss import __version__
@@ -20,8 +22,36 @@ from cromss.errors import CromssError
 GROUPS = ("data", "fetch", "pretrain", "export", "finetune", "analyze", "predict", "experiment", "demo")
 
 
+class UsageError(CromssError):
+    """A command line that argparse refuses (unknown option, missing argument, bad value)."""
+
+
+class CromssArgumentParser(argparse.ArgumentParser):
+    """argparse with the one-line error rule: its errors raise :class:`UsageError` instead of printing
+    the usage block and a second ``PROG: error:`` line (subparsers inherit the class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix("cromss").strip()
+        where = f"{command}: " if command else ""
+        hint = f"'{self.prog} --help' lists the options"
+        raise UsageError(f"{where}{message} ({hint})")
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as one line.
+
+    An error raised in a DataLoader worker reaches the main process as ``Caught DataError in DataLoader
+    worker process 0. Original Traceback ...``: its last line is the original message.
+    """
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        text = re.sub(r"^[\w.]*(Error|Exception): ", "", last)
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CromssArgumentParser(
         prog="cromss",
         description="Pretrain remote-sensing segmentation encoders on noisy labels across sensors "
         "(CromSS), transfer them to mapping tasks and look at what they learned.",
@@ -63,14 +93,14 @@ def quiet_third_party_noise() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party_noise()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
     try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
         result = args.func(args)
     except CromssError as err:
-        print(f"cromss: error: {err}", file=sys.stderr)
+        print(f"cromss: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cromss: interrupted", file=sys.stderr)
@@ -80,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         from cromss.outputs import os_error_cause
 
         where = f"{err.filename}: " if err.filename else ""
-        print(f"cromss: error: {where}{os_error_cause(err)}", file=sys.stderr)
+        print(f"cromss: error: {where}{one_line(Exception(os_error_cause(err)))}", file=sys.stderr)
         return 2
     return int(result or 0)
 

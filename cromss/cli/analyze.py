@@ -112,6 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     r.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     r.add_argument("--title", default="CromSS report", help="page title")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (without it an existing file is refused)")
     r.add_argument("--table", help="metric table markdown written by `cromss table`")
     r.add_argument("--images", nargs="*", default=[], help="extra PNG files or folders to embed")
     r.set_defaults(func=run_report)
@@ -321,6 +323,7 @@ def run_pca(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from cromss.report import build_report
 
-    path = build_report(args.runs, args.out, title=args.title, table=args.table, images=args.images)
+    path = build_report(args.runs, args.out, title=args.title, table=args.table, images=args.images,
+                        overwrite=args.overwrite)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -78,17 +78,19 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         "convert", formatter_class=FORMATTER,
         help="convert any dataset into a litdata stream (shards for many GPUs, local or in a bucket)",
         description="Read SRC with the cromss readers (NoL LMDB / GeoTIFF, @DW / @OSM, DFC2020, generic)\n"
-        "and write OUT with litdata.optimize: one folder of chunks per split (train / val / test) and\n"
+        "and write OUT with litdata's chunk writer: one folder of chunks per split (train / val / test) and\n"
         "OUT/cromss_stream.json, the dataset description (modalities and band names, classes and colours,\n"
         "label convention, band statistics). Train items are locations with every timestamp (the season\n"
         "is drawn per epoch); val / test items are the source split's evaluation entries. Images keep\n"
         "their stored dtype. Train with data.format: stream, data.root: OUT (or the bucket URL it was\n"
-        "uploaded to). See docs/pretraining.md.",
+        "uploaded to). All or nothing: OUT is written as a hidden temporary folder beside it and renamed\n"
+        "only when complete, under the lock OUT.cromss.lock; cromss_stream.json records the size and SHA-256\n"
+        "of every file (cromss data verify OUT). See docs/dataset-building.md.",
         epilog="example: cromss data convert demo/nol nol_stream --to stream\n"
         "         cromss data convert my_data my_stream --to stream --kind generic",
     )
     p.add_argument("src", help="dataset folder (as data.root of a config)")
-    p.add_argument("out", help="new stream folder (or an object-store URL litdata can write, e.g. s3://b/p)")
+    p.add_argument("out", help="new stream folder (or an object-store URL fsspec can write, e.g. s3://b/p: written locally, then uploaded)")
     p.add_argument("--to", default="stream", choices=("stream",), help="target format (default: stream)")
     p.add_argument("--kind", default="nol", choices=("nol", "dw", "osm", "dfc2020", "generic"),
                    help="dataset kind (default: nol)")
@@ -103,8 +105,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
 
     p = data_subparsers.add_parser(
         "verify", formatter_class=FORMATTER,
-        help="check LMDBs: file sizes against their metadata, every value against its stored checksum",
-        description="Read every value of each LMDB (a *.lmdb path, or every *.lmdb below a folder): the data\n"
+        help="check LMDBs and streams: sizes against their metadata, every value / chunk against its checksum",
+        description="Streams (a folder or URL with cromss_stream.json, or every stream below a folder): every\n"
+        "split's index.json must declare only the item formats cromss writes, and every chunk and index file\n"
+        "must have the size and SHA-256 recorded in cromss_stream.json by `cromss data convert`.\n\n"
+        "LMDBs: read every value of each LMDB (a *.lmdb path, or every *.lmdb below a folder): the data\n"
         "file must be as long as the LMDB's own metadata says (a cut-short copy), every value must decode,\n"
         "and its SHA-256 must equal the one in <name>.lmdb/checksums.sha256 (written by cromss when it\n"
         "writes an LMDB). Any difference is reported with its keys (exit status 2). LMDBs from elsewhere\n"
@@ -113,7 +118,8 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n  cromss data verify demo/data/nol\n"
         "  cromss data verify --write-checksums /data/ssl4eo-s12   # on the source machine, once",
     )
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an LMDB, or a folder holding LMDBs")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="an LMDB, a stream (folder or URL), or a folder holding LMDBs / streams")
     p.add_argument("--write-checksums", action="store_true",
                    help="write checksums.sha256 for LMDBs that have none (an existing file is never replaced)")
     p.set_defaults(func=cmd_verify)
@@ -156,7 +162,10 @@ def cmd_assemble_nol(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from cromss.data import DataConfig
     from cromss.data.stream import convert_to_stream
+    from cromss.errors import ConfigError
 
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
     cfg = DataConfig(kind=args.kind, root=str(args.src), format=args.format, crop_size=None,
                      val_fraction=args.val_fraction, seed=args.seed)
     meta = convert_to_stream(cfg, args.out, chunk_bytes=args.chunk_bytes, num_workers=args.workers)
@@ -166,10 +175,40 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from cromss.data.stream import load_stream_metadata
+    from cromss.data.stream_check import META_FILE, is_stream, verify_stream
     from cromss.data.verify import find_lmdbs, verify_lmdb
 
+    streams: list[str] = []
+    lmdb_paths: list[Path] = []
+    for raw in args.paths:
+        if is_stream(raw):
+            streams.append(str(raw))
+            continue
+        path = Path(raw)
+        if not path.exists():
+            raise DataError(f"not found: {path}")
+        below = sorted(str(p.parent) for p in path.rglob(META_FILE)) if path.is_dir() else []
+        streams += below
+        if path.suffix == ".lmdb" or (path / "data.mdb").is_file() or any(path.rglob("*.lmdb")) or not below:
+            lmdb_paths.append(path)
+    bad_streams = []
+    for root in streams:
+        check = verify_stream(root, load_stream_metadata(root))
+        if not check.ok:
+            print(f"{root}: {check.files} files, CORRUPT: {check.problem()}")
+            bad_streams.append(check)
+            continue
+        state = ("all sizes and checksums match" if check.checksums == "verified" else
+                 "sizes ok; no checksums recorded (a stream written by an older cromss: convert it again to get them)")
+        print(f"{root}: {check.files} files ({check.bytes / 1e6:.1f} MB), formats ok, {state}")
+    if bad_streams:
+        raise DataError(f"{len(bad_streams)} stream(s) corrupt, first {bad_streams[0].root}: {bad_streams[0].problem()}; "
+                        "copy or convert it again")
+    if not lmdb_paths:
+        return 0
     bad = []
-    for path in find_lmdbs(args.paths):
+    for path in find_lmdbs(lmdb_paths):
         check = verify_lmdb(path, write_checksums=args.write_checksums)
         if not check.ok:
             print(f"{path}: {check.entries} values, CORRUPT: {check.problem()}")

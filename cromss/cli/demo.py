@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cromss.errors import ConfigError
+from cromss.textfiles import read_text
 
 
 def _configs_dir() -> Path:
@@ -88,7 +89,7 @@ def run_demo(args: argparse.Namespace) -> int:
     done_table = out / "finetune" / ft_cfg.name / "table.md"
     if done_table.is_file():  # written last, after every seed of every row
         print(f"exists: {done_table}")
-        print(done_table.read_text(), end="")
+        print(read_text(done_table, "metric table"), end="")
     else:
         table = run_comparison(ft_cfg, {"random": "random", "CromSS-midF": str(run_dir)}, modality="s2",
                                seeds=args.seeds, out_dir=out / "finetune",
@@ -119,7 +120,8 @@ def run_demo(args: argparse.Namespace) -> int:
     _step("6/6 HTML report")
     table_files = sorted((out / "finetune").glob("*/table.md"))
     report = build_report([run_dir], out / "report.html", title="cromss demo",
-                          table=table_files[0] if table_files else None, images=[masks_dir])
+                          table=table_files[0] if table_files else None, images=[masks_dir],
+                          overwrite=True)  # the demo's own page, rebuilt from its current results
     print(f"report: {report}")
     print(f"\ncromss demo finished in {time.perf_counter() - started:.0f} s")
     return 0

@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="input nodata value overriding the files' own (NaN is always nodata; raw "
                         "Sentinel-2 L1C files declare none, their nodata is 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0 (default: cpu)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing maps (--out, --probabilities); without it an existing file is "
+                        "refused before the scene is read")
     parser.set_defaults(func=run)
 
 
@@ -147,11 +150,16 @@ def run(args: argparse.Namespace) -> int:
                                   source=f"run {args.checkpoint}", run_dir=run_folder_of(args.checkpoint))
     options = dict(tile=args.tile, overlap=args.overlap, probability_dtype=args.probability_dtype,
                    nodata=args.nodata, classes=classes, device=args.device, normalizers=normalizers,
-                   nodata_rules=run_nodata_rules(config, used))
+                   nodata_rules=run_nodata_rules(config, used), overwrite=args.overwrite)
     if args.scenes is not None:
         summaries = predict_scenes(net, args.scenes, args.out, probabilities_dir=args.probabilities,
                                    modality=args.modality, **options)
         print(json.dumps({"model": kind, "scenes": summaries}, indent=2))
+        bad = [s for s in summaries if "error" in s]
+        if bad:
+            listed = "; ".join(f"{s['scene']}: {s['error']}" for s in bad)
+            raise DataError(f"{len(bad)} of {len(summaries)} scene(s) of {args.scenes} could not be mapped "
+                            f"(the other {len(summaries) - len(bad)} were): {listed}")
         return 0
     summary = predict_scene(net, args.out, s1=args.s1, s2=args.s2, inputs=inputs, modality=args.modality,
                             probabilities=args.probabilities, **options)

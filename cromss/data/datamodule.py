@@ -86,6 +86,12 @@ class CromSSDataModule(L.LightningDataModule):
             self.dataset("val")
             if not self._checked_train:
                 check_trainable(train, self.cfg.root)
+                if self.cfg.format != "stream":
+                    # one sample of each split through the whole core (crop, eval crop, label map): a crop
+                    # larger than the tiles is refused here, before the run writes anything
+                    for split in ("train", "val"):
+                        if len(self.datasets[split]):
+                            self.datasets[split][0]
                 self._checked_train = True
         if stage == "validate":
             self.dataset("val")

@@ -28,6 +28,7 @@ to the folder. Rows that share a ``location`` are its timestamps.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 
 from cromss import schema
 from cromss.errors import DataError
+from cromss.textfiles import read_text
 
 DESCRIPTION_FILE = "dataset.yaml"
 #: Folder (inside the dataset root) where ``cromss data stats`` writes the band statistics it finds later.
@@ -215,7 +217,7 @@ def load_description(root: str | Path) -> DatasetDescription:
             f"{root}: no {DESCRIPTION_FILE} (a generic dataset needs one; write it with `cromss data index {root} ...`)"
         )
     try:
-        data = yaml.safe_load(source.read_text()) or {}
+        data = yaml.safe_load(read_text(source, "dataset description")) or {}
     except yaml.YAMLError as err:
         raise DataError(f"{source} is not valid YAML: {err}") from None
     if not isinstance(data, Mapping):
@@ -292,10 +294,10 @@ def read_samples(description: DatasetDescription, check_files: bool = True) -> l
     path = description.samples_file
     if not path.is_file():
         raise DataError(f"sample table {path} not found (named by 'samples' in {description.root / DESCRIPTION_FILE})")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        raw_rows = list(reader)
+    # UTF-8 with or without BOM (Excel's "CSV UTF-8"): a BOM kept in the text would rename 'location'
+    reader = csv.DictReader(io.StringIO(read_text(path, "sample table"), newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    raw_rows = list(reader)
     needed = ["location", *description.modalities, "label"]
     missing = [c for c in needed if c not in header]
     if missing:

@@ -31,6 +31,7 @@ from typing import Any
 
 from cromss.data.description import DESCRIPTION_FILE, RESERVED_COLUMNS, SPLITS
 from cromss.errors import DataError
+from cromss.textfiles import read_text
 
 SAMPLES_FILE = "samples.csv"
 #: characters trimmed where the time is cut out of a sample id to leave the location
@@ -187,7 +188,7 @@ def read_class_table(path: Path) -> tuple[list[dict[str, Any]], dict[int, int] |
 
     if not path.is_file():
         raise DataError(f"--classes {path}: file not found")
-    text = path.read_text()
+    text = read_text(path, "--classes file")
     entries: list[tuple[int | None, str, str | None]] = []
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         try:
@@ -252,7 +253,7 @@ def _read_split_file(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"split file {path} not found")
     out = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "split file").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             out.append(line)

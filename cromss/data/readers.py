@@ -18,6 +18,7 @@ import numpy as np
 
 from cromss import schema
 from cromss.errors import DataError
+from cromss.textfiles import read_text
 
 # ----------------------------------------------------------------------------- LMDB
 #: The only globals an LMDB value may reference: numpy scalars/dtypes, which appear when a shape
@@ -186,7 +187,7 @@ def format_checksums(checksums: Iterable[tuple[str, str]]) -> str:
 def read_checksums(path: Path) -> dict[str, str]:
     """A checksum file -> ``{key: sha256}``; a malformed line raises DataError naming it."""
     out: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "checksum file").splitlines(), start=1):
         if not line.strip():
             continue
         digest, _, key = line.partition("  ")

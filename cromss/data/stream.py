@@ -30,11 +30,16 @@ from cromss import schema
 from cromss.data.config import BUILTIN_KINDS, DataConfig
 from cromss.data.core import SegmentationDataset, _Images
 from cromss.data.description import DatasetDescription, NodataRule
+from cromss.data.stream_check import (  # noqa: F401  (META_FILE: part of this module's API)
+    META_FILE,
+    check_index,
+    check_stream_index,
+    guarded_serializers,
+)
 from cromss.errors import DataError
 from cromss.transforms import ClipNormalize
 
-META_FILE = "cromss_stream.json"
-STREAM_VERSION = 1
+STREAM_VERSION = 2  # 2: cromss_stream.json records the size and SHA-256 of every file ('files')
 SPLITS = ("train", "val", "test")
 
 
@@ -44,6 +49,15 @@ def _join(root: str, name: str) -> str:
 
 def _is_url(root: str) -> bool:
     return "://" in root
+
+
+try:  # litdata's "timed out waiting for chunk" (a FileNotFoundError: it read as "cannot write run folder")
+    from litdata.exceptions import ChunkWaitTimeoutError as _ChunkWaitTimeout
+except ImportError:  # pragma: no cover - older litdata
+    _ChunkWaitTimeout = TimeoutError
+
+_FIELD_ERRORS = (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError,
+                 AttributeError, RuntimeError)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -120,58 +134,12 @@ def stream_metadata(dataset: SegmentationDataset, cfg: DataConfig, splits: dict[
     }
 
 
-def convert_to_stream(cfg: DataConfig, out: str | Path, chunk_bytes: str = "64MB", num_workers: int = 1,
+def convert_to_stream(cfg: DataConfig, out: str | Path, chunk_bytes: str | int = "64MB", num_workers: int = 1,
                       splits: list[str] | None = None) -> dict[str, Any]:
-    """Write every split of the dataset ``cfg`` points to as litdata chunks under ``out``; return the metadata.
+    """Write every split of ``cfg``'s dataset as a stream under ``out`` (:mod:`cromss.data.stream_convert`)."""
+    from cromss.data.stream_convert import convert_to_stream as convert
 
-    Validation / test items are the source split's evaluation entries (``cfg.eval_seasons``);
-    ``cfg.val_fraction`` / ``cfg.seed`` fix the validation split of the source.
-    """
-    from litdata import optimize
-
-    cfg.validate()
-    if cfg.format == "stream":
-        raise DataError(f"{cfg.root} is already a stream")
-    out = str(out)
-    if not _is_url(out) and Path(out).exists() and any(Path(out).iterdir()):
-        raise DataError(f"output folder {out} exists and is not empty")
-    cfg_dict = asdict(replace(cfg, max_samples=cfg.max_samples, crop_size=None, eval_crop=None))
-    counts: dict[str, int] = {}
-    first: SegmentationDataset | None = None
-    for split in splits or _source_splits(cfg):
-        try:
-            dataset = _source(cfg_dict, split)
-        except DataError:
-            if split == "test":
-                continue
-            raise
-        if first is None:
-            first = dataset
-        if split == "train":
-            entries = [(location, -1) for location in range(len(dataset.locations))]
-            if cfg.max_samples is not None:
-                entries = entries[: cfg.max_samples]
-        else:
-            entries = [(location, season if season is not None else dataset._season(location, None))
-                       for location, season in dataset.entries]
-        if not entries:
-            continue
-        optimize(fn=partial(_convert_one, cfg_dict=cfg_dict, split=split), inputs=entries,
-                 output_dir=_join(out, split), chunk_bytes=chunk_bytes, num_workers=num_workers,
-                 verbose=False, keep_data_ordered=True)
-        counts[split] = len(entries)
-    if first is None:
-        raise DataError(f"{cfg.root}: no split to convert")
-    meta = stream_metadata(first, cfg, counts)
-    text = json.dumps(meta, indent=2)
-    if _is_url(out):
-        import fsspec
-
-        with fsspec.open(_join(out, META_FILE), "w") as handle:
-            handle.write(text)
-    else:
-        (Path(out) / META_FILE).write_text(text)
-    return meta
+    return convert(cfg, out, chunk_bytes, num_workers, splits)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -186,19 +154,26 @@ def load_stream_metadata(root: str | Path) -> dict[str, Any]:
             with fsspec.open(path, "r") as handle:
                 text = handle.read()
         else:
-            text = Path(path).read_text()
-    except (OSError, ImportError, ValueError) as err:
+            text = Path(path).read_bytes().decode("utf-8-sig")
+    except (OSError, ImportError, ValueError) as err:  # UnicodeDecodeError is a ValueError
         raise DataError(f"data.root {root}: no readable {META_FILE} (convert a dataset with "
-                        f"`cromss data convert SRC OUT --to stream`): {err}") from None
-    meta = json.loads(text)
-    if meta.get("format") != "cromss-stream" or int(meta.get("version", 0)) > STREAM_VERSION:
+                        f"`cromss data convert SRC OUT --to stream`): {' '.join(str(err).split())}") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON (line {err.lineno}: {err.msg}): truncated or corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format") != "cromss-stream" or not isinstance(meta.get("version"), int) \
+            or meta["version"] > STREAM_VERSION:
         raise DataError(f"{path}: not a cromss stream of version <= {STREAM_VERSION}")
     return meta
 
 
 def stream_description(root: str | Path) -> DatasetDescription:
-    """The :class:`DatasetDescription` stored with a stream."""
+    """The :class:`DatasetDescription` stored with a stream; every split's declared item formats are checked
+    (:func:`cromss.data.stream_check.check_stream_index`) before anything uses the stream."""
     meta = load_stream_metadata(root)
+    for split in meta.get("splits", {}):
+        check_stream_index(root, split)
     classes = schema.ClassTable(meta["class_table"], tuple(meta["classes"]), tuple(meta["class_colors"]))
     return DatasetDescription(
         name=meta["name"], modalities={m: tuple(b) for m, b in meta["modalities"].items()}, classes=classes,
@@ -285,15 +260,63 @@ class StreamSegmentationDataset(StreamingDataset):
                             f"dataset; set data.kind: {meta['kind']}")
         if split not in meta["splits"]:
             raise DataError(f"stream {cfg.root} has no split '{split}' (it has {sorted(meta['splits'])})")
-        super().__init__(_join(str(cfg.root), split), shuffle=train, drop_last=train, seed=cfg.seed)
+        check_stream_index(cfg.root, split)  # declared formats (and, locally, chunk sizes) before any item
+        # every serializer cromss does not write refuses: even a swapped index.json cannot make litdata unpickle
+        super().__init__(_join(str(cfg.root), split), shuffle=train, drop_last=train, seed=cfg.seed,
+                         serializers=guarded_serializers())
+        self._check_cached_index()
         self.cfg, self.meta, self.split, self.train, self.compact = cfg, meta, split, train, compact
         self.view = _ItemView(cfg, meta, stream_description(cfg.root), train)
+
+    def _check_cached_index(self) -> None:
+        """For a remote root: the local copy of index.json that litdata downloaded and will parse."""
+        local = getattr(self.input_dir, "path", None)
+        if local and getattr(self.input_dir, "url", None):
+            cached = Path(local) / "index.json"
+            if cached.is_file():
+                try:
+                    index = json.loads(cached.read_bytes().decode("utf-8"))
+                except ValueError:
+                    raise DataError(f"stream index {cached} (litdata's copy of {self.input_dir.url}) is not valid "
+                                    "JSON; delete it and run again") from None
+                check_index(index, f"{cached} (litdata's copy of {self.input_dir.url}/index.json)")
+
+    def _truncated_chunk(self) -> str:
+        """'chunk X is n bytes, its index records m' for a chunk shorter than its index says (litdata's copy)."""
+        folder = Path(getattr(self.input_dir, "path", None) or "")
+        try:
+            index = json.loads((folder / "index.json").read_bytes().decode("utf-8"))
+            for chunk in index["chunks"]:
+                file = folder / chunk["filename"]
+                if file.is_file() and file.stat().st_size < int(chunk["chunk_bytes"]):
+                    return f"chunk {chunk['filename']} is {file.stat().st_size} bytes, its index records {chunk['chunk_bytes']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return ""
 
     def preprocessor(self):
         return self.view.preprocessor()
 
     def __getitem__(self, index: Any) -> dict[str, Any]:
-        item = super().__getitem__(index)
+        try:
+            item = super().__getitem__(index)
+        except DataError:
+            raise
+        except (_ChunkWaitTimeout, TimeoutError) as err:  # a chunk that never arrives whole (remote roots)
+            raise DataError(f"stream {self.cfg.root}/{self.split}: a chunk could not be read completely "
+                            f"({' '.join(str(err).split())[:200]}): truncated or missing chunk file; run "
+                            f"`cromss data verify {self.cfg.root}`") from None
+        except _FIELD_ERRORS as err:
+            short = self._truncated_chunk()
+            if short:
+                raise DataError(f"stream {self.cfg.root}/{self.split}: {short}: truncated (an interrupted upload or "
+                                f"copy?); copy the stream again (`cromss data verify {self.cfg.root}`)") from None
+            raise DataError(f"stream {self.cfg.root}/{self.split}: item {getattr(index, 'index', index)} cannot be "
+                            f"decoded ({type(err).__name__}: {' '.join(str(err).split())[:160]}): a chunk is corrupt; "
+                            f"run `cromss data verify {self.cfg.root}`") from None
+        if not isinstance(item, dict) or not isinstance(item.get("label"), np.ndarray):
+            raise DataError(f"stream {self.cfg.root}/{self.split}: item {getattr(index, 'index', index)} is not a "
+                            "cromss stream item (a chunk is corrupt); run `cromss data verify`")
         position = int(index.index) if hasattr(index, "index") else int(index)
         if self.train:
             # the draws depend on (seed, epoch, sample), not on the reader's position: exact resume

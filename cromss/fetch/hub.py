@@ -88,8 +88,8 @@ def read_manifest() -> dict[str, Any]:
     """name -> record of the last verified fetch (empty if none or unreadable)."""
     path = manifest_path()
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError too: an unreadable manifest is an empty one
         return {}
     return data if isinstance(data, dict) else {}
 

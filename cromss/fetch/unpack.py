@@ -200,8 +200,8 @@ def unpack(art: Artefact, archive: Path, dest: Path, record: dict[str, Any]) -> 
         import json
 
         try:
-            previous = json.loads(stamp.read_text())
-        except (OSError, ValueError):
+            previous = json.loads(stamp.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):  # UnicodeDecodeError too: an unreadable stamp means 'unpack again'
             previous = {}
         if previous.get("sha256") == record["sha256"]:
             return final, check_layout(final, art)

@@ -13,6 +13,7 @@ from cromss.data import DataConfig
 from cromss.errors import ConfigError
 from cromss.models import ModelConfig
 from cromss.schema import CLASS_TABLES
+from cromss.trainer_options import validate_trainer_keys
 
 SMOOTHING_MODES: tuple[str, ...] = ("none", "uniform", "spatial_temporal")
 DICE_MODES: tuple[str, ...] = ("paper", "per_class", "none")
@@ -148,8 +149,8 @@ class TrainerConfig:
             raise ConfigError(f"config key 'trainer.max_epochs': {self.max_epochs} must be >= 1")
         if self.num_nodes < 1:
             raise ConfigError(f"config key 'trainer.num_nodes': {self.num_nodes} must be >= 1")
-        if isinstance(self.devices, int) and self.devices < 1 and self.devices != -1:
-            raise ConfigError(f"config key 'trainer.devices': {self.devices} must be >= 1, -1 or 'auto'")
+        # precision / accelerator / strategy against Lightning's own tables, devices' form
+        validate_trainer_keys(self.precision, self.accelerator, self.devices, self.strategy, extra_precisions=("auto",))
         if self.check_val_every_n_epoch < 1:
             raise ConfigError(
                 f"config key 'trainer.check_val_every_n_epoch': {self.check_val_every_n_epoch} must be >= 1"

@@ -8,7 +8,8 @@ earlier launch wrote is deleted or rewritten:
   previous launch's config; a one-line comment when nothing changed).
 * ``metrics.csv`` is continued: every launch appends its rows (flushed at each logged step, so a
   ``kill -9`` loses at most the rows of the step being logged), each row tagged with its ``launch``
-  number (0 = first launch, n = resume n). Rows the killed launch logged after its last checkpoint stay
+  number (0 = first launch, n = the n-th launch after it: a resume, or a new start after a launch that
+  crashed before its first checkpoint; every launch counts). Rows the killed launch logged after its last checkpoint stay
   in the file; :func:`current_rows` drops them (an earlier launch's row is superseded when a later launch
   started at or before its epoch). The header only widens when a metric appears for the first time:
   the file is then rewritten atomically with every earlier row kept.
@@ -28,8 +29,9 @@ from typing import Any
 import yaml
 
 from cromss.outputs import atomic_write_text, output_error
+from cromss.textfiles import read_text
 
-#: Column of metrics.csv holding the launch number (0 = first launch, n = resume n).
+#: Column of metrics.csv holding the launch number (0 = first launch, n = the n-th launch after it).
 LAUNCH_COLUMN = "launch"
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
@@ -53,12 +55,25 @@ def latest_config_file(run_dir: Path) -> Path:
     return resumes[-1][1] if resumes else run_dir / CONFIG_FILE
 
 
-def next_launch(run_dir: Path, resume: bool) -> int:
-    """Launch number of a new launch: 0 for a fresh run, else one more than the latest resume."""
-    if not resume:
-        return 0
-    resumes = resume_configs(run_dir)
-    return resumes[-1][0] + 1 if resumes else 1
+def next_launch(run_dir: Path, resume: bool = True) -> int:
+    """Launch number of a new launch: 0 for the first launch of a run folder, else one more than the latest.
+
+    Every launch counts, resumed or not: a launch that crashed before its first checkpoint leaves
+    ``config.yaml`` (and rows in ``metrics.csv``) but nothing to resume, so the next launch starts again
+    at epoch 0 as launch 1, not as a second launch 0 (``resume`` no longer changes the number).
+    """
+    known = {n for n, _ in resume_configs(run_dir)} | _logged_launches(run_dir / METRICS_FILE)
+    if (run_dir / CONFIG_FILE).is_file():
+        known.add(0)
+    return max(known) + 1 if known else 0
+
+
+def _logged_launches(path: Path) -> set[int]:
+    """Launch numbers that appear in ``metrics.csv`` (empty when there is none)."""
+    if not path.is_file():
+        return set()
+    with io.StringIO(read_text(path, "metrics file"), newline="") as handle:
+        return {_launch_of(row) for row in csv.DictReader(handle)}
 
 
 def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -81,7 +96,7 @@ def record_launch_config(run_dir: Path, config: dict[str, Any], launch: int) -> 
     if launch == 0:
         return atomic_write_text(run_dir / CONFIG_FILE, text, "run config"), []
     previous = latest_config_file(run_dir)
-    previous_text = previous.read_text() if previous.is_file() else ""
+    previous_text = read_text(previous, "run config") if previous.is_file() else ""
     changes = config_changes(yaml.safe_load(previous_text) or {}, config)
     path = run_dir / f"config.resume-{launch}.yaml"
     diff = "".join(difflib.unified_diff(previous_text.splitlines(keepends=True), text.splitlines(keepends=True),
@@ -158,7 +173,7 @@ def append_csv_logger(run_dir: Path, launch: int) -> Any:
             os.makedirs(log_dir, exist_ok=True)
             path = Path(self.metrics_file_path)
             if path.is_file() and path.stat().st_size:
-                with path.open(newline="") as handle:
+                with io.StringIO(read_text(path, "metrics file"), newline="") as handle:
                     self.metrics_keys = next(csv.reader(handle), [])
 
         def log_metrics(self, metrics_dict: dict[str, Any], step: int | None = None) -> None:
@@ -180,7 +195,7 @@ def append_csv_logger(run_dir: Path, launch: int) -> Any:
             if new_keys:
                 keys = sorted(set(self.metrics_keys) | new_keys)
                 if exists:  # widen the header: every earlier row is kept, the file replaced atomically
-                    with path.open(newline="") as handle:
+                    with io.StringIO(read_text(path, "metrics file"), newline="") as handle:
                         old_rows = list(csv.DictReader(handle))
                     atomic_write_text(path, _csv_text(keys, old_rows), "metrics")
                 self.metrics_keys = keys

@@ -132,6 +132,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     from cromss.outputs import prepare_output_dir
 
     cfg = resolve_config(cfg)
+    _check_trainer(cfg)
     run_dir = run_dir_of(cfg)
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     datamodule = CromSSDataModule(cfg.data)
@@ -157,6 +158,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         return _launch(cfg, resume, run_dir, last, start_epoch, datamodule)
     finally:
         lock.release()
+
+
+def _check_trainer(cfg: PretrainConfig) -> None:
+    """Lightning's own refusal of the trainer settings on this machine (gpu without one, ...), before any folder."""
+    from cromss.trainer_options import check_trainer_runtime
+
+    t = cfg.trainer
+    check_trainer_runtime(t.accelerator, t.devices, t.precision, t.strategy, t.num_nodes)
 
 
 def _check_data(cfg: PretrainConfig, datamodule: Any) -> None:

@@ -13,6 +13,7 @@ from cromss.config import from_dict, load_config, to_dict
 from cromss.data import DataConfig
 from cromss.errors import ConfigError
 from cromss.schema import CLASS_TABLES, modality_bands
+from cromss.trainer_options import validate_trainer_keys
 
 #: data kinds fine-tuning reads (every kind with test labels: not the pretraining set 'nol')
 DOWNSTREAM_KINDS: tuple[str, ...] = ("dw", "osm", "dfc2020", "generic")
@@ -39,6 +40,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
 
     def validate(self) -> None:
+        validate_trainer_keys(self.precision, self.accelerator, self.devices)  # Lightning's own tables
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             value = getattr(self, key)
             if value is not None and value <= 0:

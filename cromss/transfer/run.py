@@ -23,6 +23,7 @@ from cromss.data.run_stats import record_run_stats
 from cromss.errors import CromssError, DataError, OutputError
 from cromss.locks import FolderLock
 from cromss.outputs import atomic_write_text, os_error_in, output_error, prepare_output_dir
+from cromss.trainer_options import check_trainer_runtime
 from cromss.transfer.config import FinetuneConfig, resolve_finetune_config
 from cromss.transfer.module import build_module, evaluate_model
 from cromss.transfer.results import write_aggregate, write_json
@@ -77,6 +78,7 @@ def check_inputs(cfg: FinetuneConfig) -> None:
     for split, size in sizes.items():
         if size == 0:
             raise DataError(f"the {split} split of {run_cfg.data.root} is empty")
+    datamodule.setup("fit")  # an all-ignored training split, a crop larger than the tiles: before any folder
     if sizes["train"] < 2:
         raise DataError(
             f"the train split of {run_cfg.data.root} holds {sizes['train']} sample (after data.val_fraction): "
@@ -99,6 +101,7 @@ def finetune_once(cfg: FinetuneConfig, seed: int, overwrite: bool = False) -> di
     finished). With several devices only global rank 0 tests and returns the result (others return None).
     """
     run_dir = cfg.run_dir(seed)
+    check_trainer_runtime(cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision)
     if _rank() != 0:  # DDP ranks > 0 write nothing; rank 0 holds the lock and chose the folder
         return _fit_and_test(cfg, seed, run_dir / STAGING if existing_results(run_dir) else run_dir, run_dir)
     _refuse_existing(run_dir, overwrite)
@@ -270,6 +273,8 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     (:func:`check_inputs`). The locks are held until every seed ran.
     """
     cfg = resolve_finetune_config(cfg)  # checks the data once, before the first run folder
+    t = cfg.trainer
+    check_trainer_runtime(t.accelerator, t.devices, t.precision)  # gpu without one, ...: before any folder
     dirs = [cfg.run_dir(seed) for seed in cfg.seed_list]
     if _rank() != 0:
         for seed in cfg.seed_list:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from cromss.errors import DataError
 from cromss.metrics import SCALAR_METRICS
+from cromss.textfiles import read_json
 from cromss.transfer.config import METRIC_TITLES, MODE_TITLES, MODES
 from cromss.transfer.results import aggregate, mean_std
 
@@ -54,10 +54,7 @@ def collect_table(patterns: list[str]) -> dict[str, Any]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     seen: dict[tuple[str, str, str, Any], Path] = {}
     for path in _collect_metrics_files(patterns):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} is not valid JSON: {err}") from None
+        data = read_json(path, "metrics file")
         missing = [name for name in SCALAR_METRICS if name not in data]
         if missing:
             raise DataError(f"{path} lacks metric(s) {missing}")

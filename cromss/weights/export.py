@@ -10,6 +10,7 @@ from typing import Any
 from cromss import __version__
 from cromss.errors import CheckpointError
 from cromss.schema import CLASS_TABLES, DW_CLASSES
+from cromss.textfiles import read_text
 from cromss.weights.bands import normalization_stats
 from cromss.weights.layouts import CROMSS_LAYOUTS, encoder_state_dict
 from cromss.weights.loading import _load_strict, _make_encoder
@@ -57,7 +58,7 @@ def _normalization(config: Any, modality: str, bands: Sequence[str], where: str)
                 f"its input normalisation (set data.stats.{modality} in the run's config.yaml)"
             )
         try:
-            stats = json.loads(path.read_text())
+            stats = json.loads(read_text(path, "band statistics file", CheckpointError))
             index = [list(stats["bands"]).index(b) for b in bands]
             mean, std = [float(stats["mean"][i]) for i in index], [float(stats["std"][i]) for i in index]
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
@@ -80,7 +81,7 @@ def export_encoder(source: str | Path, modality: str, out: str | Path, overwrite
     """
     from safetensors.torch import save
 
-    from cromss.outputs import atomic_write_bytes, atomic_write_text, prepare_output_dir, refuse_existing
+    from cromss.outputs import atomic_write_bytes, atomic_write_text, check_output_file, prepare_output_dir
 
     if not isinstance(modality, str) or not modality:
         raise CheckpointError(f"modality must be a modality name such as 's1' or 's2', got {modality!r}")
@@ -90,7 +91,7 @@ def export_encoder(source: str | Path, modality: str, out: str | Path, overwrite
     elif out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
     for path in (out, out.with_suffix(".json")):
-        refuse_existing(path, "export", overwrite)
+        check_output_file(path, "export", overwrite)
     prepare_output_dir(out.parent, "export folder")
     state, info = encoder_state_dict(source, modality)
     if info["layout"] not in CROMSS_LAYOUTS:

@@ -13,6 +13,7 @@ from torch import Tensor
 from cromss import __version__
 from cromss.checkpoints import safe_torch_load
 from cromss.errors import CheckpointError, ConfigError
+from cromss.textfiles import read_json
 
 FORMAT_NAME = "cromss-encoder"
 FORMAT_VERSION = 1
@@ -108,10 +109,7 @@ def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | N
     else:
         sidecar = path.with_suffix(".json")
         if sidecar.is_file():
-            try:
-                candidate = json.loads(sidecar.read_text())
-            except json.JSONDecodeError as err:
-                raise CheckpointError(f"{sidecar}: not valid JSON: {err}") from None
+            candidate = read_json(sidecar, "export metadata", CheckpointError)
             if candidate.get("format") == FORMAT_NAME:
                 meta = candidate
     if meta is not None and int(meta.get("format_version", 0)) > FORMAT_VERSION:
