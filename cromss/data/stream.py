@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
+from cromss import bands as band_ids
 from cromss import schema
 from cromss.data.config import BUILTIN_KINDS, DataConfig
 from cromss.data.core import SegmentationDataset, _Images
@@ -237,13 +238,13 @@ class _ItemView(SegmentationDataset):
             stats = self.meta["stats"].get(modality)
             if stats is None:
                 raise DataError(f"stream {self.cfg.root}: no band statistics for modality {modality!r}")
-            index = {name: i for i, name in enumerate(stats["bands"])}
-            wanted = self.bands_of(modality)
-            missing = [b for b in wanted if b not in index]
+            names, wanted = [str(b) for b in stats["bands"]], self.bands_of(modality)
+            missing = band_ids.missing_bands(names, wanted, modality)
             if missing:
                 raise DataError(f"stream {self.cfg.root}: modality {modality!r} lacks band(s) {missing}")
-            out[modality] = ClipNormalize([stats["mean"][index[b]] for b in wanted],
-                                          [stats["std"][index[b]] for b in wanted], stats.get("num_std", 2.0))
+            index = band_ids.pick(names, wanted, modality)
+            out[modality] = ClipNormalize([stats["mean"][i] for i in index], [stats["std"][i] for i in index],
+                                          stats.get("num_std", 2.0))
         return out
 
     def timestamps(self, location: int) -> int:
@@ -259,11 +260,10 @@ class _ItemView(SegmentationDataset):
         stored = self.meta["modalities"][modality]
         wanted = self.bands_of(modality)
         if tuple(wanted) != tuple(stored):
-            index = {name: i for i, name in enumerate(stored)}
-            missing = [b for b in wanted if b not in index]
+            missing = band_ids.missing_bands(stored, wanted, modality)
             if missing:
                 raise DataError(f"stream {self.cfg.root}: modality {modality!r} lacks band(s) {missing}")
-            data = data[[index[b] for b in wanted]]
+            data = data[band_ids.pick(stored, wanted, modality)]
         return _Images(data, self.item[f"{modality}_invalid"][season], self.prescaled)
 
     def read_labels(self, location: int) -> tuple[np.ndarray, np.ndarray | None]:
