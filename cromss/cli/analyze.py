@@ -137,6 +137,7 @@ def _data_config(data: str | None, run_config: dict[str, Any] | None, run_dir: s
     ``dataset.yaml``, or a built-in layout), never assumed to be the NoL layout."""
     from cromss.config import from_dict, read_yaml
     from cromss.data import DataConfig
+    from cromss.data.resolution import is_resolved, resolve_data_config
     from cromss.data.run_stats import run_folder_of, with_run_stats
     from cromss.errors import ConfigError
 
@@ -159,6 +160,8 @@ def _data_config(data: str | None, run_config: dict[str, Any] | None, run_dir: s
     elif not section:
         raise ConfigError("no data: pass --data (a data root folder or a YAML file with a data: section)")
     cfg = from_dict(DataConfig, section, prefix="data.")
+    if not is_resolved(cfg):  # the data's band names and classes (true colour, encoder bands by name)
+        cfg = resolve_data_config(cfg)
     own_section = run_config is not None and (data is None or Path(data).is_dir())
     return with_run_stats(cfg, run_folder_of(run_dir)) if own_section and run_dir is not None else cfg
 

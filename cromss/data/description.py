@@ -19,6 +19,7 @@ A :class:`DatasetDescription` is the one description every dataset of cromss is 
     colors: ['#cccccc', '#419BDF']   # optional, one per class
     stats: {s2: stats/s2_stats.json} # optional; default <root>/stats/<modality>_stats.json
     nodata: {s2: {value: 0, rule: all}}  # optional per modality: override the file's nodata / rule
+    label_nodata: ignore   # optional: a label nodata that is ALSO a label value is nodata (ignore) or the class (keep)
 
 The sample table has the columns ``location``, ``time`` (optional), ``split`` (optional:
 train / val / test), one column per modality, ``label`` and ``reference`` (optional). Paths are relative
