@@ -52,12 +52,12 @@ _SOURCES: dict[tuple[str, str], SegmentationDataset] = {}
 
 
 def _source(cfg_dict: dict[str, Any], split: str) -> SegmentationDataset:
-    from cromss.data.datasets import build_dataset
+    from cromss.data.layouts import build_layout_dataset  # a file layout: a stream is not converted again
 
     key = (json.dumps(cfg_dict, sort_keys=True), split)
     if key not in _SOURCES:
         _SOURCES.clear()
-        _SOURCES[key] = build_dataset(DataConfig(**cfg_dict), split, train=False, compact=True)
+        _SOURCES[key] = build_layout_dataset(DataConfig(**cfg_dict), split, train=False, compact=True)
     return _SOURCES[key]
 
 
