@@ -79,7 +79,7 @@ def main() -> None:
     import torch
 
     from cromss.data.demo import make_demo
-    from cromss.data.stream import convert_to_stream
+    from cromss.data.stream_convert import convert_to_stream
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

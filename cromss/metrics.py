@@ -73,6 +73,23 @@ def from_confusion(confusion: Tensor) -> dict[str, Any]:
     }
 
 
+def support_note(support: list[int], class_names: list[str] | None = None) -> str | None:
+    """A note to print next to metrics whose ground truth has at most one class, else None.
+
+    With one class only, OA is that class's recall and AA, mIoU and mF1 average a single class: a 100 %
+    then says nothing about telling the classes apart (e.g. a label whose other class was read as nodata).
+    """
+    present = [i for i, count in enumerate(support) if count > 0]
+    if len(present) > 1:
+        return None
+    if not present:
+        return "no ground-truth pixel in this split: the metrics are undefined"
+    index = present[0]
+    name = class_names[index] if class_names and index < len(class_names) else f"class {index}"
+    return (f"only class {name!r} has ground-truth pixels ({support[index]}) in this split: OA, AA, mIoU and "
+            f"mF1 score that one class, not a segmentation of {len(support)} classes")
+
+
 class SegmentationMetrics(nn.Module):
     """Accumulates a confusion matrix over batches and turns it into :func:`from_confusion` metrics.
 

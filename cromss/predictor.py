@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cromss.errors import DataError
-from cromss.schema import CLASS_TABLES, DW_CLASSES, ClassTable, modality_bands
+from cromss.schema import CLASS_TABLES, DW_CLASSES, ClassTable
 
 
 class _FinetunedNet:
@@ -26,13 +26,13 @@ class _FinetunedNet:
         self.modalities = [cfg.modality]
 
         def band_names(modality: str) -> tuple[str, ...]:
-            names = (getattr(cfg, "bands", None) or {}).get(modality) if isinstance(
-                getattr(cfg, "bands", None), Mapping) else None
-            if names:
-                return tuple(names)
-            if modality not in ("s1", "s2"):
-                raise DataError(f"the fine-tuned model's input {modality!r} has no band names in its config")
-            return modality_bands(modality, cfg.s2_bands)
+            # the run's own input: its bands (subset and order) as its checkpoint recorded them
+            if modality != cfg.modality:
+                raise DataError(f"the fine-tuned model reads {cfg.modality!r}, not {modality!r}")
+            try:
+                return tuple(cfg.band_names)
+            except ValueError:
+                raise DataError(f"the fine-tuned model's input {modality!r} has no band names in its config") from None
 
         self.cfg = SimpleNamespace(num_classes=cfg.classes, in_channels=lambda m: cfg.in_channels,
                                    band_names=band_names)
@@ -107,9 +107,9 @@ def run_class_table(config: Mapping[str, Any], num_classes: int) -> ClassTable:
 
 def run_folder_of(checkpoint: str | Path) -> Path | None:
     """The run folder of a run folder or of ``<run>/checkpoints/*.ckpt`` (None for a lone checkpoint)."""
-    path = Path(checkpoint)
-    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
-    return run if run is not None and (run / "config.yaml").is_file() else None
+    from cromss.data.run_stats import run_folder_of as folder_of
+
+    return folder_of(checkpoint)
 
 
 def run_normalizers(config: Mapping[str, Any], bands: Mapping[str, tuple[str, ...]],
@@ -154,21 +154,33 @@ def run_normalizers(config: Mapping[str, Any], bands: Mapping[str, tuple[str, ..
     return out
 
 
-def run_nodata_rules(config: Mapping[str, Any], modalities: list[str]) -> dict[str, Any]:
-    """Nodata rule per modality as the run's datasets apply them: a generic dataset's ``nodata`` of its
-    dataset.yaml (read when reachable), built-in kinds S1 'any' band and the others 'all' bands."""
+def run_nodata_rules(config: Mapping[str, Any], modalities: list[str], source: str = "the run") -> dict[str, Any]:
+    """Nodata rule per modality as the run's datasets applied them.
+
+    A run records them in its resolved config (``data.nodata``: value and rule per modality). Runs made
+    before that: a generic dataset's ``nodata`` of its dataset.yaml when it is still there, else (with
+    one warning line, never silently) the built-in defaults; built-in kinds: S1 'any' band, others 'all'.
+    """
     from cromss.data.description import NodataRule, load_description
+    from cromss.errors import warn
 
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    recorded = data.get("nodata") if isinstance(data.get("nodata"), Mapping) else {}
     description = None
-    if data.get("kind") == "generic":
+    missing = [m for m in modalities if m not in recorded]
+    if data.get("kind") == "generic" and missing:
         try:
             description = load_description(data.get("root"))
         except DataError:
-            description = None
+            warn(f"{source} records no nodata rules for {missing} and its dataset {data.get('root')} is not "
+                 "found: its files' own nodata values are masked when every band holds them (rule 'all'); "
+                 "give --nodata to override", once=False)
     out = {}
     for m in modalities:
-        if description is not None and m in description.modalities:
+        if m in recorded and isinstance(recorded[m], Mapping):
+            value = recorded[m].get("value")
+            out[m] = NodataRule(None if value is None else float(value), str(recorded[m].get("rule", "all")))
+        elif description is not None and m in description.modalities:
             out[m] = description.nodata_rule(m)
         elif data.get("kind") == "generic":
             out[m] = NodataRule()

@@ -254,6 +254,27 @@ def per_class_html(metrics: dict[str, Any], config: dict[str, Any] | None = None
             "<th>pixels</th></tr>" + "".join(rows) + "</table>")
 
 
+def notes_html(metrics: dict[str, Any]) -> str:
+    """What a reader must see next to a run's metrics: the first-conv bands the encoder weights lacked
+    and were initialised (``init_missing``), the pretrained bands not fed, and a one-class evaluation."""
+    lines = []
+    selection = (metrics.get("weights_info") or {}).get("band_selection") if isinstance(
+        metrics.get("weights_info"), dict) else None
+    if isinstance(selection, dict):
+        initialised = selection.get("initialised") or {}
+        if initialised:
+            lines.append("first-conv channels initialised (the encoder weights lack these bands): "
+                         + ", ".join(f"{band} ({how})" for band, how in initialised.items()))
+        if selection.get("dropped"):
+            lines.append("pretrained bands not fed to the model: " + ", ".join(map(str, selection["dropped"])))
+        if selection.get("checked") and not initialised:
+            lines.append(f"every model band reused its pretrained first-conv channel "
+                         f"({len(selection.get('model_bands') or [])} bands, by name)")
+    if metrics.get("note"):
+        lines.append(str(metrics["note"]))
+    return "".join(f"<p class='muted'>{html.escape(line)}</p>" for line in lines)
+
+
 def markdown_table_html(markdown: str) -> str:
     """A GitHub-markdown pipe table (as ``cromss table`` writes) -> an HTML table; other lines kept as text."""
     out, rows = [], []
@@ -303,6 +324,7 @@ def run_section(run: Path, extra_images: Sequence[Path] = ()) -> str:
             parts.append(f"<h3>{name}</h3>" + (_kv_table(data) if isinstance(data, dict)
                                                  else f"<pre>{html.escape(json.dumps(data, indent=1))}</pre>"))
             if isinstance(data, dict):
+                parts.append(notes_html(data))
                 parts.append(per_class_html(data, config if isinstance(config, dict) else None))
     metrics_files = sorted(run.rglob("metrics.csv"))
     if metrics_files:

@@ -2,10 +2,11 @@
 
 A modality of a scene is given as
 
-* one **stack file** (all bands in one raster): its band descriptions, when they name the model's bands,
-  are checked — the file must hold the model's bands in the model's order (extra bands are skipped, e.g.
-  the 9 bands of a 9-band model out of a 13-band L1C stack); another order is refused. A stack without
-  band names is accepted by its band count only;
+* one **stack file** (all bands in one raster): when its band descriptions name the model's bands, every
+  model band is read BY NAME in the model's order, whatever the file's order (extra bands are skipped,
+  e.g. 4 bands of a 13-band L1C stack; ``B01`` and ``B1`` are one band, :mod:`cromss.bands`); a band the
+  file lacks is one line. A stack without band names is taken by its band count (the model's count, or
+  a published table of the sensor such as the 13 Sentinel-2 L1C bands);
 * a **folder of band files** (e.g. the ``*_B01.jp2`` ... ``*_B12.jp2`` of a Sentinel-2 L1C granule): a
   file belongs to band ``B8A`` when one ``_``/``-``/``.``-separated token of its name is that band name
   (case and leading zeros ignored: ``B01`` = ``B1``); files naming no band (TCI, preview) are ignored;
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from cromss import bands as bands_module
 from cromss.errors import DataError
 
 #: File name endings read as rasters in band folders and scene folders.
@@ -38,9 +40,9 @@ RASTER_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 ModalitySpec = str | Path | Mapping[str, str | Path]
 
 
-def band_key(name: str) -> str:
-    """Band name for matching: upper case, leading zeros of numbers dropped (``b01`` -> ``B1``)."""
-    return re.sub(r"(?<![0-9])0+(?=[0-9])", "", str(name).strip().upper())
+def band_key(name: str, modality: str | None = None) -> str:
+    """Band name for matching (:func:`cromss.bands.band_key`: ``b01`` = ``B1``, ``B08A`` = ``B8A``)."""
+    return bands_module.band_key(name, modality)
 
 
 def is_raster(path: Path) -> bool:
@@ -52,11 +54,12 @@ def match_band_files(folder: str | Path, bands: Sequence[str], modality: str) ->
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{modality} band folder not found: {folder}")
-    wanted = {band_key(b): b for b in bands}
+    wanted = {band_key(b, modality): b for b in bands}
     found: dict[str, list[Path]] = {}
     files = sorted(p for p in folder.iterdir() if is_raster(p))
     for path in files:
-        hits = {wanted[band_key(t)] for t in re.split(r"[_\-.\s]+", path.stem) if band_key(t) in wanted}
+        tokens = re.split(r"[_\-.\s]+", path.stem)
+        hits = {wanted[band_key(t, modality)] for t in tokens if band_key(t, modality) in wanted}
         if len(hits) == 1:
             found.setdefault(hits.pop(), []).append(path)
     missing = [b for b in bands if b not in found]
@@ -77,32 +80,31 @@ def stack_indexes(path: Path, descriptions: Sequence[str | None], bands: Sequenc
                   modality: str) -> tuple[list[int], str]:
     """1-based bands of a stack file to read, in model order, and how they were found ('names'/'count').
 
-    Band descriptions that name any of the model's bands are checked: every band must be there, in the
-    model's order. Without such names the band count must equal the model's (or 13 L1C bands for a
-    9-band S2 model, which takes its 9 bands by position as the built-in datasets do).
+    Band descriptions that name any of the model's bands decide: every model band is taken BY NAME
+    (:mod:`cromss.bands`: ``B01`` is ``B1``), in the model's order, whatever the file's order (extra bands
+    are skipped); a band the file lacks, or a band it names twice, is a DataError. Without such names the
+    band count must equal the model's (bands taken in model order), or be the count of a published table
+    of the modality's sensor (:data:`cromss.bands.KNOWN_TABLES`, e.g. 13 Sentinel-2 L1C bands), whose
+    order the file is then assumed to have, as the built-in datasets assume it.
     """
-    from cromss.schema import S2_9BAND_INDICES, S2_9BANDS
-
-    want = [band_key(b) for b in bands]
-    names = [band_key(d) if d else "" for d in descriptions]
-    if any(n in want for n in names if n):
-        missing = [b for b, k in zip(bands, want, strict=True) if k not in names]
+    names = [str(d) if d else "" for d in descriptions]
+    if any(n and bands_module.contains(bands, n, modality) for n in names):
+        twice = bands_module.duplicate_text([n for n in names if n], modality)
+        if twice:
+            raise DataError(f"{modality} file {path}: its band descriptions {list(descriptions)} name one band "
+                            f"twice ({twice})")
+        found = bands_module.positions(names, bands, modality)
+        missing = [b for b, p in zip(bands, found, strict=True) if p is None]
         if missing:
             raise DataError(f"{modality} file {path} lacks band(s) {missing}: its bands are "
                             f"{list(descriptions)}, the model needs {list(bands)}")
-        positions = [names.index(k) for k in want]
-        if positions != sorted(positions):
-            order = [descriptions[p] for p in sorted(positions)]
-            raise DataError(
-                f"{modality} file {path} holds the bands in the order {order} but the model expects "
-                f"{list(bands)}; write the stack in the model's band order (or give one file per band)"
-            )
-        return [p + 1 for p in positions], "names"
+        return [int(p) + 1 for p in found if p is not None], "names"
     count = len(descriptions)
     if count == len(bands):
         return list(range(1, count + 1)), "count"
-    if modality == "s2" and count == 13 and tuple(bands) == S2_9BANDS:
-        return [i + 1 for i in S2_9BAND_INDICES], "count"
+    table = bands_module.known_table(modality, count)
+    if table is not None and not bands_module.missing_bands(table, bands, modality):
+        return [p + 1 for p in bands_module.pick(table, bands, modality)], "count"
     raise DataError(f"{modality} file {path} has {count} band(s) without band names; the model needs "
                     f"{len(bands)} ({', '.join(bands)})")
 
@@ -205,9 +207,9 @@ def _open(path: Path, modality: str) -> Any:
 def _single_band(path: Path, dataset: Any, band: str, modality: str) -> int:
     if dataset.count == 1:
         return 1
-    names = [band_key(d) if d else "" for d in dataset.descriptions]
-    if band_key(band) in names:
-        return names.index(band_key(band)) + 1
+    position = bands_module.positions([str(d) if d else "" for d in dataset.descriptions], [band], modality)[0]
+    if position is not None:
+        return position + 1
     raise DataError(f"{modality} band file {path} has {dataset.count} bands, none named {band}; a band file "
                     "holds one band (or names its bands)")
 
@@ -215,11 +217,16 @@ def _single_band(path: Path, dataset: Any, band: str, modality: str) -> int:
 def _open_modality(modality: str, spec: ModalitySpec, bands: tuple[str, ...], nodata: float | None,
                    opened: list[Any]) -> ModalityInput:
     if isinstance(spec, Mapping) or Path(spec).is_dir():
-        per_band = ({b: Path(p) for b, p in spec.items()} if isinstance(spec, Mapping)
-                    else match_band_files(spec, bands, modality))
-        unknown = [b for b in per_band if b not in bands]
+        given = ({str(b): Path(p) for b, p in spec.items()} if isinstance(spec, Mapping)
+                 else match_band_files(spec, bands, modality))
+        twice = bands_module.duplicate_text(list(given), modality)
+        if twice:
+            raise DataError(f"{modality} band files: {twice}; give one file per band")
+        unknown = bands_module.missing_bands(bands, list(given), modality)
         if unknown:
             raise DataError(f"{modality} band(s) {unknown} are not bands of the model (it reads {list(bands)})")
+        # the model's spelling of each band given (B01=... feeds the model's B1)
+        per_band = dict(zip(bands_module.spelled_as(bands, list(given), modality), given.values(), strict=True))
         missing = [b for b in bands if b not in per_band]
         if missing:
             raise DataError(f"no file for {modality} band(s) {missing} (the model reads {list(bands)})")

@@ -1,12 +1,22 @@
-"""Band tables, class tables and dataset statistics: the one place these facts live.
+"""Class tables, label conventions and dataset statistics: the one place these facts live.
 
-Every other module imports from here; nothing else hard-codes a band name, a class id or a
-normalisation statistic.
+Every other module imports from here; nothing else hard-codes a class id or a normalisation statistic.
+Band names and band facts are :mod:`cromss.bands` (its tables are re-exported here for compatibility).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# band names and band facts live in cromss.bands; these names stay importable from here
+from cromss.bands import (  # noqa: F401
+    S1_BANDS,
+    S2_9BAND_INDICES,
+    S2_9BANDS,
+    S2_BANDS,
+    modality_bands,
+    s2_band_names,
+)
 
 #: Label value of unlabeled / masked pixels in every tensor cromss produces (as the authors' code).
 IGNORE_INDEX: int = 255
@@ -14,16 +24,8 @@ IGNORE_INDEX: int = 255
 #: Number of seasonal acquisitions per SSL4EO-S12 location.
 NUM_SEASONS: int = 4
 
-# ----------------------------------------------------------------------------- bands
-S1_BANDS: tuple[str, ...] = ("VV", "VH")
-S2_BANDS: tuple[str, ...] = (
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12",
-)
-#: Indices into :data:`S2_BANDS` of the 9 high-resolution bands (drops B1, B8A, B9, B10; as Satlas).
-S2_9BAND_INDICES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 11, 12)
-S2_9BANDS: tuple[str, ...] = tuple(S2_BANDS[i] for i in S2_9BAND_INDICES)
-
-#: SSL4EO-S12 band statistics (50k-sample subset), used for mean +/- 2 std clipping.
+#: SSL4EO-S12 band statistics (50k-sample subset, per band of cromss.bands.S2_L1C_BANDS / S1_BANDS),
+#: used for mean +/- 2 std clipping.
 S1_MEAN: tuple[float, ...] = (-12.54847273, -20.19237134)
 S1_STD: tuple[float, ...] = (5.25697717, 5.91150917)
 S2_MEAN: tuple[float, ...] = (
@@ -36,24 +38,6 @@ S2_STD: tuple[float, ...] = (
     1274.39184232, 1248.42891965, 1345.52684884, 577.31607053, 51.15431158, 1336.09932639,
     1136.53823676,
 )
-
-
-def s2_band_names(num_bands: int) -> tuple[str, ...]:
-    """Band names of the 13-band or 9-band Sentinel-2 input."""
-    if num_bands == 13:
-        return S2_BANDS
-    if num_bands == 9:
-        return S2_9BANDS
-    raise ValueError(f"Sentinel-2 input must have 13 or 9 bands, got {num_bands}")
-
-
-def modality_bands(modality: str, s2_bands: int = 13) -> tuple[str, ...]:
-    """Band names, in input order, of modality ``'s1'`` or ``'s2'``."""
-    if modality == "s1":
-        return S1_BANDS
-    if modality == "s2":
-        return s2_band_names(s2_bands)
-    raise ValueError(f"unknown modality {modality!r}; expected 's1' or 's2'")
 
 
 # ----------------------------------------------------------------------------- classes

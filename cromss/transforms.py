@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from cromss import bands as band_ids
 from cromss import schema
 from cromss.errors import DataError
 from cromss.textfiles import read_text
@@ -106,24 +107,27 @@ class ClipNormalize:
             raise DataError(str(err)) from None
         if modality == "s1" and num_bands not in (None, 2):
             raise DataError(f"Sentinel-1 input has 2 bands (VV, VH), got num_bands={num_bands}")
-        index = {name: i for i, name in enumerate(stats["bands"])}
-        missing = [b for b in wanted if b not in index]
+        names = [str(b) for b in stats["bands"]]
+        missing = band_ids.missing_bands(names, wanted, modality)
         if missing:
             raise DataError(f"band statistics {stats['source']} lack band(s) {missing} of {modality}")
-        return cls([stats["mean"][index[b]] for b in wanted], [stats["std"][index[b]] for b in wanted])
+        index = band_ids.pick(names, wanted, modality)
+        return cls([stats["mean"][i] for i in index], [stats["std"][i] for i in index])
 
     @classmethod
     def for_bands(cls, modality: str, bands: Sequence[str], stats_path: str | Path) -> ClipNormalize:
-        """The normaliser of any modality: statistics of ``bands`` picked by name from ``stats_path``."""
+        """The normaliser of any modality: statistics of ``bands`` picked BY NAME (:mod:`cromss.bands`:
+        ``B01`` in the file is ``B1`` of the model) from ``stats_path``."""
         stats = load_band_stats(modality, stats_path)
-        index = {str(name): i for i, name in enumerate(stats["bands"])}
-        missing = [b for b in bands if b not in index]
+        names = [str(name) for name in stats["bands"]]
+        missing = band_ids.missing_bands(names, list(bands), modality)
         if missing:
             raise DataError(
                 f"band statistics {stats['source']} lack band(s) {missing} of modality {modality!r} "
-                f"(it has {list(index)})"
+                f"(it has {names})"
             )
-        return cls([stats["mean"][index[b]] for b in bands], [stats["std"][index[b]] for b in bands])
+        index = band_ids.pick(names, list(bands), modality)
+        return cls([stats["mean"][i] for i in index], [stats["std"][i] for i in index])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim not in (3, 4):

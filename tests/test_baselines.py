@@ -74,6 +74,18 @@ def write_satmae(path: Path, grid: int = 12) -> Path:
     return path
 
 
+def write_satmae_pp(path: Path, grid: int = 12) -> Path:
+    """SatMAE++'s release: SatMAE's encoder layout plus the upsampling blocks of its multi-scale decoder
+    (satmae_pp models_mae_group_channels.py: proj_up_conv, up_block1, up_block2)."""
+    write_satmae(path, grid)
+    obj = torch.load(path, weights_only=False)
+    g = torch.Generator().manual_seed(5)
+    obj["model"] |= {"proj_up_conv.weight": _rand(g, 40, 10, 1, 1), "proj_up_conv.bias": _rand(g, 40),
+                     "up_block1.up_conv.weight": _rand(g, 40, 40, 4, 4), "up_block2.proj_out.weight": _rand(g, 10, 40, 3, 3)}
+    torch.save(obj, path)
+    return path
+
+
 def write_dofa(path: Path) -> Path:
     """DOFA layout: a plain state dict with the wavelength-conditioned weight generator (128 wide, 128 tokens)."""
     g = torch.Generator().manual_seed(3)
@@ -112,7 +124,7 @@ def write_satlas(path: Path) -> Path:
     return path
 
 
-WRITERS = {"scalemae": write_scalemae, "satmae": write_satmae, "satmae++": write_satmae,
+WRITERS = {"scalemae": write_scalemae, "satmae": write_satmae, "satmae++": write_satmae_pp,
            "dofa": write_dofa, "satlas": write_satlas}
 #: baseline, modality, s2_bands, framework
 CASES = [
@@ -210,15 +222,43 @@ def test_band_selection_by_name() -> None:
     assert index["dofa"] == [1, 2, 3, 4, 5, 6, 7, 11, 12]          # the 9 Satlas bands out of 13
     dofa_s1 = build_module(_cfg("dofa", "s1", 13, "upernet", "random"), load_weights=False)
     assert dofa_s1.model.input_index.tolist() == [0, 1]
-    assert dofa_s1.model.encoder.wavelengths.tolist() == [3.75, 3.75]
+    # DOFA's published wave list (zhu-xlab/DOFA README): S1 [5.405, 5.405]; S2 B8 0.842, B12 2.19
+    assert dofa_s1.model.encoder.wavelengths.tolist() == pytest.approx([5.405, 5.405])
     dofa_s2 = build_module(_cfg("dofa", "s2", 9, "upernet", "random"), load_weights=False)
-    assert dofa_s2.model.encoder.wavelengths.tolist() == pytest.approx([0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.832, 1.61, 2.2])
+    assert dofa_s2.model.encoder.wavelengths.tolist() == pytest.approx([0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 1.61, 2.19])
     with pytest.raises(ConfigError, match="B8A"):  # the 9-band input has no B8A for satMAE
         _cfg("satmae", "s2", 9, "upernet", "random")
     with pytest.raises(ConfigError, match="no S1 model"):
         _cfg("satmae", "s1", 13, "upernet", "random")
     with pytest.raises(ConfigError, match="s2_bands: 9"):
         _cfg("satlas", "s2", 13, "fpn", "random")
+
+
+def test_satlas_refusals_name_the_real_layout(tmp_path: Path) -> None:
+    """SatlasPretrain key forms (satlaspretrain_models backbones.py / model.py): SI ResNet backbone.resnet.*,
+    SI Swin backbone.backbone.features.*, MI (AggregationBackbone) one more backbone.; an MI ResNet loaded
+    by satlaspretrain_models may also be keyed backbone.resnet.*: its published name (*_mi_*) tells."""
+    from cromss.baselines.checkpoints import read_baseline_checkpoint
+
+    base = torch.load(write_satlas(tmp_path / "si.pth"), weights_only=True)
+    resnet = {k: v for k, v in base.items() if k.startswith("backbone.resnet.")}
+    bands9 = _cfg("satlas", "s2", 9, "fpn", "random").input_bands
+    swin = {"backbone.backbone.features.0.0.weight": torch.zeros(128, 9, 4, 4)}
+    cases = {
+        "swin_si.pth": (swin, r"single-image Swin-v2 model \(keys backbone\.backbone\.features\.\*\), not a ResNet-50"),
+        "swin_mi.pth": ({"backbone.backbone.backbone.features.0.0.weight": torch.zeros(128, 9, 4, 4)},
+                        r"multi-image \(MI\) Swin-v2"),
+        "resnet_mi_wrapped.pth": ({"backbone.backbone." + k[len("backbone."):]: v for k, v in resnet.items()},
+                                  r"multi-image \(MI\) ResNet \(AggregationBackbone keys backbone\.backbone\.resnet"),
+        "sentinel2_resnet50_mi_ms.pth": (resnet, r"published name says multi-image"),
+        "rgb.pth": (resnet | {"backbone.resnet.conv1.weight": torch.zeros(64, 3, 7, 7)}, r"takes 3 bands \(an RGB model\)"),
+    }
+    for name, (state, message) in cases.items():
+        torch.save(state, tmp_path / name)
+        with pytest.raises(CheckpointError, match=message) as err:
+            read_baseline_checkpoint(tmp_path / name, "satlas", "s2", bands9, None)
+        assert "multi-image" not in str(err.value) or "_mi" in name or "mi." in name, name
+    assert "conv1.weight" in read_baseline_checkpoint(tmp_path / "si.pth", "satlas", "s2", bands9, None)
 
 
 def test_satlas_first_conv_is_permuted_to_the_input_band_order(tmp_path: Path) -> None:
@@ -312,6 +352,19 @@ def test_wrong_layouts_are_refused_with_the_expected_file_named(tmp_path: Path) 
         read_baseline_checkpoint(dofa, "satlas", "s2", s2_9, vit)
     with pytest.raises(CheckpointError, match="not a scaleMAE checkpoint"):
         read_baseline_checkpoint(satlas, "scalemae", "s2", s2, vit)
+    # SatMAE and SatMAE++ share the encoder layout; the releases differ in SatMAE++'s upsampling decoder
+    satmae_pp = write_satmae_pp(tmp_path / "satmae_pp.pth")
+    with pytest.raises(CheckpointError, match=r"not a satMAE checkpoint \(it holds SatMAE\+\+'s multi-scale"
+                       r".*use baseline satmae\+\+\).*pretrain-vit-large-e199\.pth"):
+        read_baseline_checkpoint(satmae_pp, "satmae", "s2", s2, vit)
+    with pytest.raises(CheckpointError, match=r"not a satMAE\+\+ checkpoint.*SatMAE's release "
+                       r"pretrain-vit-large-e199\.pth, use baseline satmae\).*checkpoint_ViT-L_pretrain_fmow_sentinel"):
+        read_baseline_checkpoint(satmae, "satmae++", "s2", s2, vit)
+    encoder_only = tmp_path / "encoder_only.pth"  # no decoder: the releases cannot be told apart, both load
+    torch.save({"model": {k: v for k, v in torch.load(satmae, weights_only=False)["model"].items()
+                          if not k.startswith("decoder")}}, encoder_only)
+    for name in ("satmae", "satmae++"):
+        assert "blocks.0.attn.qkv.weight" in read_baseline_checkpoint(encoder_only, name, "s2", s2, vit)
     # right layout, another size: the message says what the file holds and what to set
     wider = _cfg("scalemae", "s2", 13, "upernet", "random", vit=VIT | {"embed_dim": 64}).vit
     with pytest.raises(CheckpointError, match=r"embed_dim 32 and depth 4.*64 / 4.*vit.embed_dim=32"):

@@ -152,8 +152,15 @@ def test_stack_band_order_is_checked_by_name():
     assert stack_indexes(Path("s.tif"), ["B02", "B03", "B04"], bands, "s2") == ([1, 2, 3], "names")
     assert stack_indexes(Path("s.tif"), ["B1", "B2", "B3", "B4"], bands, "s2") == ([2, 3, 4], "names")
     assert stack_indexes(Path("s.tif"), [None, None, None], bands, "s2") == ([1, 2, 3], "count")
-    with pytest.raises(DataError, match=r"order \['B4', 'B3', 'B2'\] but the model expects \['B2', 'B3', 'B4'\]"):
-        stack_indexes(Path("s.tif"), ["B4", "B3", "B2"], bands, "s2")
+    # named bands are read BY NAME in the model's order, whatever the file's order (issue 20, case 1)
+    assert stack_indexes(Path("s.tif"), ["B4", "B3", "B2"], bands, "s2") == ([3, 2, 1], "names")
+    assert stack_indexes(Path("s.tif"), S2_NAMES, ["B8", "B04", "B3", "b02"], "s2") == ([8, 4, 3, 2], "names")
+    with pytest.raises(DataError, match=r"name one band twice \('B2' and 'B02' are one band"):
+        stack_indexes(Path("s.tif"), ["B2", "B02", "B4"], bands, "s2")
+    # without names: the model's count, or a published table of the sensor (13 L1C, 12 L2A bands)
+    assert stack_indexes(Path("s.tif"), [None] * 12, ["B8A", "B11"], "s2") == ([9, 11], "count")
+    with pytest.raises(DataError, match="has 5 band"):
+        stack_indexes(Path("s.tif"), [None] * 5, bands, "s2")
     with pytest.raises(DataError, match=r"lacks band\(s\) \['B4'\]"):
         stack_indexes(Path("s.tif"), ["B2", "B3", "B5"], bands, "s2")
     # the 9 bands of a 9-band model out of a 13-band L1C stack, by name
@@ -163,26 +170,32 @@ def test_stack_band_order_is_checked_by_name():
     assert [S2_NAMES[i - 1] for i in indexes] == list(S2_9BANDS) and check == "names"
 
 
-def test_real_chip_stack_in_another_band_order_is_refused(shared_dir, tmp_path, capsys):
-    """The Sen1Floods11 S2 stack with B2 and B3 swapped (data and names) is refused with both orders."""
+def test_real_chip_stack_in_another_band_order_is_read_by_name(shared_dir, tmp_path, capsys):
+    """The Sen1Floods11 S2 stack with B2 and B3 swapped (data and names) maps exactly as the original: its
+    bands are read by name; a stack whose names lack a model band is one line."""
     from cromss.cli import main
 
     with rasterio.open(shared_dir / "data" / "sen1floods11" / "Spain_7370579_S2Hand.tif") as src:
-        data, transform, crs = src.read(), src.transform, src.crs
+        data, transform, crs = src.read()[:, :64, :64], src.transform, src.crs
     order = [0, 2, 1, *range(3, 13)]
+    write_tif(tmp_path / "chip.tif", data, transform, crs=crs, nodata=0, descriptions=S2_NAMES)
     write_tif(tmp_path / "swapped.tif", data[order], transform, crs=crs, nodata=0,
               descriptions=[S2_NAMES[i] for i in order])
     net = PixelNet({"s2": S2_NAMES})
-    with pytest.raises(DataError, match=r"holds the bands in the order \['B1', 'B3', 'B2', .*'B12'\] but the model "
-                       r"expects \['B1', 'B2', 'B3', .*'B12'\]"):
-        predict_scene(net, tmp_path / "map.tif", s2=tmp_path / "swapped.tif")
-    assert not (tmp_path / "map.tif").exists()
+    for name in ("chip", "swapped"):
+        summary = predict_scene(net, tmp_path / f"{name}_map.tif", s2=tmp_path / f"{name}.tif",
+                                probabilities=tmp_path / f"{name}_p.tif", tile=32, overlap=8)
+        assert summary["band_check"] == {"s2": "names"}
+    with rasterio.open(tmp_path / "chip_p.tif") as a, rasterio.open(tmp_path / "swapped_p.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+    write_tif(tmp_path / "short.tif", data[:12], transform, crs=crs, nodata=0, descriptions=S2_NAMES[:12])
     _save_pretrain_checkpoint(tmp_path / "model.ckpt")
-    code = main(["predict", "--checkpoint", str(tmp_path / "model.ckpt"), "--s2", str(tmp_path / "swapped.tif"),
+    code = main(["predict", "--checkpoint", str(tmp_path / "model.ckpt"), "--s2", str(tmp_path / "short.tif"),
                  "--out", str(tmp_path / "map.tif")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "swapped.tif" in err and "the model expects" in err and len(err.strip().splitlines()) == 1
+    assert "short.tif" in err and "lacks band(s) ['B12']" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "map.tif").exists()
 
 
 def _save_pretrain_checkpoint(path: Path) -> None:

@@ -16,7 +16,8 @@ import yaml
 
 from cromss.data import DataConfig, build_dataset
 from cromss.data.demo import make_demo
-from cromss.data.stream import META_FILE, convert_to_stream
+from cromss.data.stream import META_FILE
+from cromss.data.stream_convert import convert_to_stream
 from tests.generic_data import make_synthetic
 
 

@@ -232,11 +232,12 @@ def test_load_into_a_permuted_or_l2a_model_selects_by_name(tmp_path):
 
 
 def test_analyze_maps_and_masks_use_the_data_classes(chip, export, finetuned, tmp_path, monkeypatch):
-    import cromss.analysis
+    import cromss.analysis.panels
 
     seen = []
-    original = cromss.analysis._legend
-    monkeypatch.setattr(cromss.analysis, "_legend", lambda fig, classes: (seen.append(classes), original(fig, classes)))
+    original = cromss.analysis.panels._legend
+    monkeypatch.setattr(cromss.analysis.panels, "_legend",
+                        lambda fig, classes: (seen.append(classes), original(fig, classes)))
     resolved = yaml.safe_load((finetuned / "config.yaml").read_text())
     assert main(["analyze", "maps", str(finetuned), "--split", "test", "--samples", "1",
                  "--out", str(tmp_path / "maps")]) == 0

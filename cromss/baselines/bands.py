@@ -1,36 +1,45 @@
-"""Band handling of the baselines: which input bands a baseline takes, by name, and their wavelengths."""
+"""Band handling of the baselines: which input bands a baseline takes, by name, and their wavelengths.
+
+No band facts live here: names are compared and wavelengths looked up through :mod:`cromss.bands`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cromss import bands as band_ids
 from cromss.errors import ConfigError
-from cromss.schema import S1_BANDS, S2_BANDS
 
-#: Centre wavelengths in micrometres that DOFA conditions its patch embedding on, per band name
-#: (DOFA's published wave list: Sentinel-2 MSI centre wavelengths, 3.75 for both SAR polarisations).
+#: The values DOFA conditions its patch embedding on, per band name of the built-in modalities
+#: (:func:`cromss.bands.dofa_wavelengths`: Sentinel-2 nominal centre wavelengths in µm = DOFA's
+#: published wave list; SAR bands DOFA's published 5.405).
 WAVELENGTHS_UM: dict[str, float] = {
-    "B1": 0.44, "B2": 0.49, "B3": 0.56, "B4": 0.665, "B5": 0.705, "B6": 0.74, "B7": 0.783,
-    "B8": 0.832, "B8A": 0.864, "B9": 0.945, "B10": 1.373, "B11": 1.61, "B12": 2.20,
-    "VV": 3.75, "VH": 3.75,
+    **dict(zip(band_ids.S2_L1C_BANDS, band_ids.dofa_wavelengths(band_ids.S2_L1C_BANDS, "s2"), strict=True)),
+    **dict(zip(band_ids.S1_BANDS, band_ids.dofa_wavelengths(band_ids.S1_BANDS, "s1"), strict=True)),
 }
-assert set(S2_BANDS) | set(S1_BANDS) <= set(WAVELENGTHS_UM)
 
 
-def band_indices(available: Sequence[str], wanted: Sequence[str], who: str) -> list[int]:
-    """Positions in ``available`` (the input's band names) of the ``wanted`` bands, in wanted order."""
-    missing = [band for band in wanted if band not in available]
+def _modality_of(bands: Sequence[str]) -> str:
+    """'s1' for polarisation names, else 's2' (callers that know the modality pass it)."""
+    return "s1" if bands and all(band_ids.canonical(b) in band_ids.SENTINEL1.names for b in bands) else "s2"
+
+
+def band_indices(available: Sequence[str], wanted: Sequence[str], who: str, modality: str | None = None) -> list[int]:
+    """Positions in ``available`` (the input's band names) of the ``wanted`` bands, in wanted order, BY
+    NAME (``B02`` is ``B2``); ConfigError naming the bands the input lacks."""
+    modality = modality or _modality_of(wanted)
+    missing = band_ids.missing_bands(available, wanted, modality)
     if missing:
         raise ConfigError(
             f"{who} takes bands {list(wanted)} but the input has {list(available)} (missing {missing}); "
             "choose the modality / s2_bands that hold them"
         )
-    return [list(available).index(band) for band in wanted]
+    return band_ids.pick(available, wanted, modality)
 
 
-def wavelengths(bands: Sequence[str]) -> list[float]:
-    """DOFA wavelengths (micrometres) of ``bands``."""
-    unknown = [band for band in bands if band not in WAVELENGTHS_UM]
-    if unknown:
-        raise ConfigError(f"no wavelength known for band(s) {unknown}; known: {sorted(WAVELENGTHS_UM)}")
-    return [WAVELENGTHS_UM[band] for band in bands]
+def wavelengths(bands: Sequence[str], modality: str | None = None) -> list[float]:
+    """DOFA's values of ``bands`` (:func:`cromss.bands.dofa_wavelengths`)."""
+    try:
+        return band_ids.dofa_wavelengths(bands, modality or _modality_of(bands))
+    except ValueError as err:
+        raise ConfigError(f"{err}; known: {sorted(WAVELENGTHS_UM)}") from None

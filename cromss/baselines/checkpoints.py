@@ -115,11 +115,31 @@ def _group_vit(path: Path, spec: BaselineSpec, state: dict[str, Tensor], vit: Vi
             f"{path} has a channel embedding of width {state['channel_embed'].shape[-1]}, the config asks for "
             f"vit.channel_embed={vit.channel_embed}"
         )
+    _check_satmae_release(path, spec, state)
     out.update({key: value for key, value in state.items() if key.startswith("patch_embed.")})
     out["channel_embed"] = state["channel_embed"]
     grid = math.isqrt(target.pos_embed.shape[1] - 1) if target is not None else math.isqrt(state["pos_embed"].shape[1] - 1)
     out["pos_embed"] = _resampled_pos_embed(state["pos_embed"], grid)
     return out
+
+
+#: Keys only SatMAE++'s multi-scale MAE has (its upsampling decoder): they tell the two releases apart.
+_SATMAE_PP_KEYS: tuple[str, ...] = ("proj_up_conv.", "up_block1.", "up_block2.")
+
+
+def _check_satmae_release(path: Path, spec: BaselineSpec, state: Mapping[str, Tensor]) -> None:
+    """SatMAE and SatMAE++ publish the same encoder layout; their full pretraining files differ in the
+    decoder: SatMAE++'s holds the upsampling blocks of its multi-scale reconstruction. An encoder-only
+    file cannot be told apart (and is accepted)."""
+    upsampling = any(key.startswith(_SATMAE_PP_KEYS) for key in state)
+    mae_decoder = any(key.startswith("decoder_embed.") for key in state)
+    if spec.name == "satmae" and upsampling:
+        raise _refuse(path, spec, state, "it holds SatMAE++'s multi-scale upsampling decoder (proj_up_conv, "
+                      "up_block1/2): it is the satMAE++ release, use baseline satmae++")
+    if spec.name == "satmae++" and mae_decoder and not upsampling:
+        raise _refuse(path, spec, state, "it holds an MAE decoder without SatMAE++'s upsampling blocks "
+                      "(proj_up_conv, up_block1/2): it is SatMAE's release pretrain-vit-large-e199.pth, use "
+                      "baseline satmae")
 
 
 def _dofa_vit(path: Path, spec: BaselineSpec, state: dict[str, Tensor], vit: ViTConfig, modality: str,
@@ -136,10 +156,36 @@ def _dofa_vit(path: Path, spec: BaselineSpec, state: dict[str, Tensor], vit: ViT
     return out
 
 
+def _satlas_layout(path: Path, state: Mapping[str, Tensor]) -> str | None:
+    """What a SatlasPretrain file is when it is not the single-image ResNet (None: it is).
+
+    Satlas files key the backbone under ``backbone.``: single-image ResNets ``backbone.resnet.*``,
+    single-image Swin-v2 ``backbone.backbone.features.*``; multi-image models wrap the backbone in an
+    AggregationBackbone, one more ``backbone.``: ``backbone.backbone.resnet.*``,
+    ``backbone.backbone.backbone.features.*``. satlaspretrain_models strips these prefixes when it loads a
+    ResNet, so a multi-image ResNet may also come keyed ``backbone.resnet.*``: its published file name
+    (``*_mi_*``) then says what it is.
+    """
+    if any(key.startswith("backbone.backbone.backbone.features.") for key in state):
+        return "it is a multi-image (MI) Swin-v2 model (keys backbone.backbone.backbone.features.*), not a ResNet-50"
+    if any(key.startswith("backbone.backbone.features.") for key in state):
+        return "it is a single-image Swin-v2 model (keys backbone.backbone.features.*), not a ResNet-50"
+    if any(key.startswith("backbone.backbone.resnet.") for key in state):
+        return ("it is a multi-image (MI) ResNet (AggregationBackbone keys backbone.backbone.resnet.*); the "
+                "paper's baseline is single-image (SI)")
+    if re.search(r"(^|[_\-.])mi([_\-.]|$)", path.stem.lower()):
+        return ("its published name says multi-image (MI, '_mi_'); the paper's baseline is the single-image "
+                "(SI) file")
+    return None
+
+
 def _satlas_resnet(path: Path, spec: BaselineSpec, state: dict[str, Tensor], modality: str,
                    input_bands: Sequence[str]) -> dict[str, Tensor]:
-    if any(key.startswith("backbone.backbone.") for key in state):
-        raise _refuse(path, spec, state, "it is a multi-image (MI) model; the paper's baseline is single-image (SI)")
+    from cromss import bands as band_ids
+
+    layout = _satlas_layout(path, state)
+    if layout is not None:
+        raise _refuse(path, spec, state, layout)
     prefix = "backbone.resnet."
     _need(path, spec, state, f"{prefix}conv1.weight")
     out = {key[len(prefix):]: value for key, value in state.items()
@@ -151,9 +197,11 @@ def _satlas_resnet(path: Path, spec: BaselineSpec, state: dict[str, Tensor], mod
     bands = spec.bands_for(modality)
     conv1 = out["conv1.weight"]
     if conv1.shape[1] != len(bands):
-        raise _refuse(path, spec, state, f"its first conv takes {conv1.shape[1]} bands, not the {len(bands)} of {bands}")
-    # one kernel slice per band: reorder the slices from Satlas's band order to the input's
-    out["conv1.weight"] = conv1[:, [bands.index(band) for band in input_bands]].contiguous()
+        what = " (an RGB model)" if conv1.shape[1] == 3 else ""
+        raise _refuse(path, spec, state, f"its first conv takes {conv1.shape[1]} bands{what}, not the {len(bands)} "
+                      f"of {bands}")
+    # one kernel slice per band: reorder the slices from Satlas's band order to the input's, BY NAME
+    out["conv1.weight"] = conv1[:, band_ids.pick(bands, input_bands, modality)].contiguous()
     return out
 
 

@@ -29,7 +29,7 @@ def build_vit_encoder(spec: BaselineSpec, modality: str, vit: ViTConfig, grid: i
         return GroupChannelViT(group_sizes=[len(g) for g in spec.channel_groups], channel_embed=vit.channel_embed,
                                grid=grid, **common)
     if spec.family == "dofa_vit":
-        return DOFAViT(wavelengths=wavelengths(spec.bands_for(modality)), grid=grid, **common)
+        return DOFAViT(wavelengths=wavelengths(spec.bands_for(modality), modality), grid=grid, **common)
     raise ConfigError(f"baseline '{spec.name}' is not a ViT")
 
 
@@ -87,7 +87,7 @@ def build_baseline_model(
         raise ConfigError(f"baseline '{name}' is a ResNet: build it as an smp model (framework {framework!r})")
     if framework not in VIT_FRAMEWORKS:
         raise ConfigError(f"baseline '{name}' is a ViT: framework must be one of {list(VIT_FRAMEWORKS)}, got {framework!r}")
-    index = band_indices(input_bands, spec.encoder_bands(modality), f"baseline '{name}'")
+    index = band_indices(input_bands, spec.encoder_bands(modality), f"baseline '{name}'", modality)
     encoder = build_vit_encoder(spec, modality, vit, grid)
     if framework == "upernet":
         decoder: nn.Module = UPerNetHead(vit.embed_dim, num_classes, encoder.patch_size, vit.pyramid_strides,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cromss import bands as band_ids
 from cromss.baselines.bands import band_indices
 from cromss.errors import ConfigError
 from cromss.schema import S1_BANDS, S2_9BANDS
@@ -63,8 +64,8 @@ class BaselineSpec:
         """Raise ConfigError unless the input holds the bands this baseline takes (ResNet: exactly those)."""
         wanted = self.bands_for(modality)
         if self.is_vit:
-            band_indices(input_bands, self.encoder_bands(modality), f"baseline '{self.name}'")
-        elif sorted(input_bands) != sorted(wanted):
+            band_indices(input_bands, self.encoder_bands(modality), f"baseline '{self.name}'", modality)
+        elif len(input_bands) != len(wanted) or band_ids.missing_bands(input_bands, wanted, modality):
             raise ConfigError(
                 f"baseline '{self.name}' takes exactly the bands {list(wanted)} (its first conv has one slice per "
                 f"band); the input has {list(input_bands)} (set s2_bands: {len(wanted)})"
@@ -102,8 +103,8 @@ BASELINES: dict[str, BaselineSpec] = {
     "satmae": BaselineSpec(
         name="satmae", title="satMAE", family="group_vit",
         bands={"s2": _SATMAE_BANDS}, patch_size=8, channel_groups=_SATMAE_GROUPS,
-        file="checkpoint_ViT-L_pretrain_fmow_sentinel.pth",
-        source="github.com/sustainlab-group/SatMAE (README: pretrained ViT-Large, fMoW-Sentinel, zenodo)",
+        file="pretrain-vit-large-e199.pth",
+        source="github.com/sustainlab-group/SatMAE (README: fMoW-Sentinel pretrained ViT-Large, zenodo record 7338613)",
         licence="CC BY-NC 4.0 (repository licence; check before redistribution)",
         normalisation=_SATMAE_NORM, layout=_GROUP_LAYOUT,
         pretraining="fMoW-Sentinel (13 S2 bands, B1/B9/B10 dropped), group-channel MAE",
@@ -111,7 +112,7 @@ BASELINES: dict[str, BaselineSpec] = {
     "satmae++": BaselineSpec(
         name="satmae++", title="satMAE++", family="group_vit",
         bands={"s2": _SATMAE_BANDS}, patch_size=8, channel_groups=_SATMAE_GROUPS,
-        file="checkpoint_ViT-L_pretrain_fmow_sentinel.pth (the satmae_pp release, not SatMAE's file of that name)",
+        file="checkpoint_ViT-L_pretrain_fmow_sentinel.pth",
         source="github.com/techmn/satmae_pp (README: ViT-Large fMoW-Sentinel pretraining weights)",
         licence="see the satmae_pp repository (derived from MAE / SatMAE code, CC BY-NC 4.0)",
         normalisation=_SATMAE_NORM, layout=_GROUP_LAYOUT,

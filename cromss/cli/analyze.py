@@ -132,16 +132,28 @@ def _default_out(out: str | None, run: str, sub: str) -> Path:
     raise ConfigError(f"{run} is a file, not a run folder: pass --out DIR")
 
 
-def _data_config(data: str | None, run_config: dict[str, Any] | None) -> Any:
+def _data_config(data: str | None, run_config: dict[str, Any] | None, run_dir: str | Path | None = None) -> Any:
+    """The data to analyse: the run's own data section (``--data`` FOLDER replaces its root, a YAML file
+    replaces the section), normalised with the run's own statistics copy (``band_stats/``) when it has
+    one. A folder without a run config is detected like ``cromss data inspect`` does (a generic
+    ``dataset.yaml``, or a built-in layout), never assumed to be the NoL layout."""
     from cromss.config import from_dict, read_yaml
     from cromss.data import DataConfig
+    from cromss.data.resolution import is_resolved, resolve_data_config
+    from cromss.data.run_stats import run_folder_of, with_run_stats
     from cromss.errors import ConfigError
 
     section = dict((run_config or {}).get("data") or {})
     if data is not None:
         path = Path(data)
         if path.is_dir():
-            section["root"] = str(path)
+            if "kind" not in section:
+                from cromss.data.inspect import detect_layouts
+
+                layout = detect_layouts(path)[0]
+                section.update(kind=layout.kind, root=str(layout.root))
+            else:
+                section["root"] = str(path)
         elif path.suffix in (".yaml", ".yml"):
             loaded = read_yaml(path)
             section = dict(loaded.get("data", loaded))
@@ -149,7 +161,11 @@ def _data_config(data: str | None, run_config: dict[str, Any] | None) -> Any:
             raise ConfigError(f"--data {data}: not a folder or a .yaml file")
     elif not section:
         raise ConfigError("no data: pass --data (a data root folder or a YAML file with a data: section)")
-    return from_dict(DataConfig, section, prefix="data.")
+    cfg = from_dict(DataConfig, section, prefix="data.")
+    if not is_resolved(cfg):  # the data's band names and classes (true colour, encoder bands by name)
+        cfg = resolve_data_config(cfg)
+    own_section = run_config is not None and (data is None or Path(data).is_dir())
+    return with_run_stats(cfg, run_folder_of(run_dir)) if own_section and run_dir is not None else cfg
 
 
 def _class_table(data_cfg: Any, num_classes: int, fallback: Any = None) -> Any:
@@ -212,7 +228,7 @@ def run_masks(args: argparse.Namespace) -> int:
                  if epoch is not None else float(method.get("alpha0", 0.5)))
     if gamma is None:
         gamma = gamma_at(epoch, float(method.get("rampup_epochs", 80))) if epoch is not None else 1.0
-    data_cfg = _data_config(args.data, config)
+    data_cfg = _data_config(args.data, config, args.run)
     batch = load_batch(data_cfg, args.split, args.samples)
     out = _default_out(args.out, args.run, "masks")
     classes = _class_table(data_cfg, net.cfg.num_classes)
@@ -223,19 +239,16 @@ def run_masks(args: argparse.Namespace) -> int:
 
 
 def run_maps(args: argparse.Namespace) -> int:
-    from cromss.analysis import map_panels
+    from cromss.analysis import map_panels, run_labels
     from cromss.predict import load_predictor
 
     nets, first_config, classes = {}, None, None
-    for run in args.runs:
+    for run, label in zip(args.runs, run_labels(args.runs), strict=True):
         net, run_classes, _, config = load_predictor(run)
         classes = classes or run_classes
-        label = Path(run).name if Path(run).is_dir() else Path(run).stem
-        while label in nets:
-            label += "'"
         nets[label] = net
         first_config = first_config or config
-    data_cfg = _data_config(args.data, first_config)
+    data_cfg = _data_config(args.data, first_config, args.runs[0])
     batch = load_batch(data_cfg, args.split, args.samples)
     out = _default_out(args.out, args.runs[0], "maps")
     classes = _class_table(data_cfg, len(classes.names), classes)
@@ -245,14 +258,15 @@ def run_maps(args: argparse.Namespace) -> int:
 
 
 def run_bn_kl(args: argparse.Namespace) -> int:
-    from cromss.analysis import bn_kl_curve, plot_bn_kl
+    from cromss.analysis import bn_kl_curve, plot_bn_kl, run_labels
     from cromss.errors import ConfigError
 
     if len(args.runs) < 2:
         raise ConfigError("bn-kl needs at least two runs: RUN_A RUN_B [RUN_C ...]")
     base = args.runs[0]
-    curves = {f"{Path(base).name} vs {Path(other).name}": bn_kl_curve(base, other, args.modality)
-              for other in args.runs[1:]}
+    labels = run_labels(args.runs)
+    curves = {f"{labels[0]} vs {label}": bn_kl_curve(base, other, args.modality)
+              for other, label in zip(args.runs[1:], labels[1:], strict=True)}
     out = _default_out(args.out, base, "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bn_kl.json").write_text(json.dumps(curves, indent=1))
@@ -266,17 +280,18 @@ def run_bn_kl(args: argparse.Namespace) -> int:
 
 
 def run_weight_kl(args: argparse.Namespace) -> int:
-    from cromss.analysis import plot_weight_kl, weight_kl_parts
+    from cromss.analysis import plot_weight_kl, run_labels, weight_kl_parts
     from cromss.errors import ConfigError
 
     if len(args.files) % 2:
         raise ConfigError(f"weight-kl takes BEFORE AFTER pairs; got {len(args.files)} paths")
     results = {}
-    for before, after in zip(args.files[::2], args.files[1::2]):
-        label = f"{Path(before).name} -> {Path(after).name}"
+    labels = run_labels(args.files)  # distinct labels from the paths: every seed folder is seed0
+    for index, (before, after) in enumerate(zip(args.files[::2], args.files[1::2])):
+        label = f"{labels[2 * index]} -> {labels[2 * index + 1]}"
         results[label] = weight_kl_parts(before, after, args.modality, args.bins)
-        parts = ", ".join(f"{part} KL {v['kl']:.4g} (-1/log {v['display']:.4g})"
-                          for part, v in results[label].items())
+        parts = ", ".join(f"{part} skipped: {v['skipped']}" if "skipped" in v else
+                          f"{part} KL {v['kl']:.4g} (-1/log {v['display']:.4g})" for part, v in results[label].items())
         print(f"{label}: {parts}")
     out = _default_out(args.out, args.files[0], "") if args.out else Path("analysis")
     out.mkdir(parents=True, exist_ok=True)
@@ -289,26 +304,34 @@ def run_weight_kl(args: argparse.Namespace) -> int:
 def run_pca(args: argparse.Namespace) -> int:
     import torch
 
-    from cromss.analysis import load_encoder, pca_curves, plot_pca
+    from cromss.analysis import encoder_input, load_encoder, pca_curves, plot_pca, run_labels
+    from cromss.weights import encoder_state_dict
 
     run_config = None
     first = Path(args.encoders[0])
-    if args.data is None and first.is_dir() and (first / "config.yaml").is_file():
+    if first.is_dir() and (first / "config.yaml").is_file():
         from cromss.config import read_yaml
 
-        run_config = read_yaml(first / "config.yaml")
-    data_cfg = _data_config(args.data, run_config)
+        run_config = read_yaml(first / "config.yaml")  # its data kind, bands and statistics, also with --data
+    data_cfg = _data_config(args.data, run_config, first if run_config is not None else None)
     if data_cfg.modalities is not None and args.modality not in data_cfg.modalities:
         data_cfg.modalities = [*data_cfg.modalities, args.modality]
     batch = load_batch(data_cfg, args.split, args.samples)
+    if args.modality not in batch:
+        from cromss.errors import DataError
+
+        raise DataError(f"--modality {args.modality}: the data has no such input (it has "
+                        f"{[k for k in batch if k in (data_cfg.modalities or [])]})")
     images = batch[args.modality]
+    image_bands = (data_cfg.bands or {}).get(args.modality)
     image_level, pixel_level = {}, {}
-    for source in args.encoders:
+    for source, label in zip(args.encoders, run_labels(args.encoders), strict=True):
         encoder = load_encoder(source, args.modality)
-        label = Path(source).name
+        bands = encoder_state_dict(source, args.modality)[1].get("bands")
+        fed = encoder_input(images, image_bands, encoder, bands, args.modality, f"encoder {source}")
         with torch.no_grad():
-            image_level[label] = pca_curves(encoder, images, 0)
-            pixel_level[label] = pca_curves(encoder, images, args.pixels)
+            image_level[label] = pca_curves(encoder, fed, 0)
+            pixel_level[label] = pca_curves(encoder, fed, args.pixels)
     out = Path(args.out) if args.out else Path("analysis")
     out.mkdir(parents=True, exist_ok=True)
     plot_pca(image_level, out / "pca_image.png", f"image-level features ({images.shape[0]} images)")

@@ -30,6 +30,10 @@ def _index(args: argparse.Namespace) -> int:
           + (f" ({', '.join(f'{k}: {v}' for k, v in counts.items())} rows)" if spec.splits else ""))
     for modality, names in result.description["modalities"].items():
         print(f"  {modality}: {len(names)} bands {', '.join(names)}")
+    from cromss.errors import warn
+
+    for line in result.warnings:
+        warn(line, once=False)
     if result.missing_reference:
         print(f"  {result.missing_reference} row(s) have no reference file")
     if result.unsplit_locations:

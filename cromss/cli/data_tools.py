@@ -161,7 +161,7 @@ def cmd_assemble_nol(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from cromss.data import DataConfig
-    from cromss.data.stream import convert_to_stream
+    from cromss.data.stream_convert import convert_to_stream
     from cromss.errors import ConfigError
 
     if not 0.0 <= args.val_fraction < 1.0:

@@ -31,7 +31,7 @@ examples:
 comparison baselines of Tables II-IV (ViT-Large scaleMAE / satMAE / satMAE++ / DOFA in UPerNet at lr 1e-4,
 Satlas ResNet-50), read from their published files (docs/transfer.md):
   cromss finetune --config configs/finetune/baselines/dw-satmae.yaml \\
-      --encoder checkpoint_ViT-L_pretrain_fmow_sentinel.pth --frozen data.root=/data/dw
+      --encoder pretrain-vit-large-e199.pth --frozen data.root=/data/dw
 
 Generic data (data.kind: generic, docs/data.md "Your own data"): any modality of the dataset, its bands
 by name ('bands'), and the dataset's classes (count, names, colours; recorded in the run's config.yaml).

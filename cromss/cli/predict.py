@@ -96,6 +96,7 @@ def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
 
 def _band_inputs(values: list[str], net: object) -> dict[str, dict[str, str]]:
     """``--band [MODALITY:]BAND=PATH`` -> modality -> band -> file."""
+    from cromss.bands import contains
     from cromss.errors import ConfigError
     from cromss.predict import net_bands
 
@@ -103,13 +104,13 @@ def _band_inputs(values: list[str], net: object) -> dict[str, dict[str, str]]:
     for key, path in _pairs(values, "--band"):
         modality, sep, band = key.rpartition(":")
         if not sep:
-            owners = [m for m in net.modalities if band in net_bands(net, m)]
+            owners = [m for m in net.modalities if contains(net_bands(net, m), band, m)]
             if len(owners) != 1:
                 raise ConfigError(f"--band {key}=...: band {band!r} is a band of "
                                   f"{owners or 'no modality'} of the model; write --band MODALITY:{band}=PATH")
             modality = owners[0]
-        if band in out.setdefault(modality, {}):
-            raise ConfigError(f"--band {modality}:{band} is given twice")
+        if contains(list(out.setdefault(modality, {})), band, modality):
+            raise ConfigError(f"--band {modality}:{band} is given twice (band names: B01 is B1)")
         out[modality][band] = path
     return out
 
@@ -150,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                                   source=f"run {args.checkpoint}", run_dir=run_folder_of(args.checkpoint))
     options = dict(tile=args.tile, overlap=args.overlap, probability_dtype=args.probability_dtype,
                    nodata=args.nodata, classes=classes, device=args.device, normalizers=normalizers,
-                   nodata_rules=run_nodata_rules(config, used), overwrite=args.overwrite)
+                   nodata_rules=run_nodata_rules(config, used, source=f"run {args.checkpoint}"),
+                   overwrite=args.overwrite)
     if args.scenes is not None:
         summaries = predict_scenes(net, args.scenes, args.out, probabilities_dir=args.probabilities,
                                    modality=args.modality, **options)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
+from cromss.bands import duplicate_text
 from cromss.errors import ConfigError
 
 KINDS: tuple[str, ...] = ("nol", "dw", "osm", "dfc2020", "generic")
@@ -28,6 +30,9 @@ class DataConfig:
     of the dataset's bands; None = all of them. ``classes`` / ``class_colors``: filled in from the
     dataset when a run resolves its config (so checkpoints carry them); set by hand they must agree.
     ``stats`` (generic): band statistics file per modality; None = the dataset's ``stats/`` folder.
+    ``nodata`` (per modality ``{value, rule}``), ``label_values`` and ``label_nodata`` (generic data) are the
+    dataset's nodata rules and label conventions: filled in when a run resolves its config, so commands
+    that read no dataset (``cromss predict``) apply the run's own rules; set by hand they must agree.
     """
 
     kind: str = "nol"
@@ -65,6 +70,12 @@ class DataConfig:
     #: A run records the file it used here (docs/data.md, "Band statistics").
     s1_stats: str | None = None
     s2_stats: str | None = None
+    #: nodata per modality, ``{value: number or null (= the file's), rule: any | all}``; recorded by runs
+    nodata: dict[str, dict[str, Any]] | None = None
+    #: raw label value -> class id of a generic dataset (its ``label_values``); recorded by runs
+    label_values: dict[int, int] | None = None
+    #: ``label_nodata`` of a generic dataset: 'ignore' | 'keep' | null; recorded by runs
+    label_nodata: str | None = None
 
     def validate(self) -> None:
         """Raise ConfigError naming the key of an impossible value."""
@@ -83,8 +94,10 @@ class DataConfig:
             if len(set(self.modalities)) != len(self.modalities):
                 raise ConfigError(f"data.modalities: {self.modalities!r} lists a modality twice")
         for modality, bands in (self.bands or {}).items():
-            if not bands or len(set(bands)) != len(bands):
-                raise ConfigError(f"data.bands.{modality}: {bands!r} must list distinct band names")
+            twice = duplicate_text(bands, modality) if bands else None
+            if not bands or twice:
+                raise ConfigError(f"data.bands.{modality}: {bands!r} must list distinct band names"
+                                  + (f" ({twice})" if twice else ""))
         if self.classes is not None and len(self.classes) < 2:
             raise ConfigError(f"data.classes: {self.classes!r} must list at least 2 classes")
         if self.s2_bands not in (13, 9):
@@ -109,6 +122,12 @@ class DataConfig:
             raise ConfigError(f"data.eval_seasons: {self.eval_seasons!r} must be 'all' or 'first'")
         if self.persistent_workers and self.num_workers == 0:
             raise ConfigError("data.persistent_workers: true needs data.num_workers >= 1")
+        for modality, rule in (self.nodata or {}).items():
+            if (not isinstance(rule, dict) or set(rule) - {"value", "rule"} or rule.get("rule", "all") not in ("any", "all")
+                    or not (rule.get("value") is None or isinstance(rule.get("value"), int | float))):
+                raise ConfigError(f"data.nodata.{modality}: {rule!r} must be {{value: number or null, rule: any | all}}")
+        if self.label_nodata not in (None, "ignore", "keep"):
+            raise ConfigError(f"data.label_nodata: {self.label_nodata!r} must be 'ignore', 'keep' or null")
 
     def modality_list(self) -> list[str]:
         """The configured modalities; the built-in default ['s1', 's2'] when unresolved."""

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset
 from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.description import DatasetDescription
-from cromss.data.resolution import stats_files
-from cromss.errors import DataError
 from cromss.data.preprocess import AUG_KEY, BatchPreprocess
+from cromss.data.run_stats import stats_files
+from cromss.errors import DataError
 from cromss.transforms import ClipNormalize, JointAugment, center_crop, crop_and_draw
 
 #: torch dtypes of the label dtypes of compact samples

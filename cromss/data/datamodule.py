@@ -10,10 +10,9 @@ from torch.utils.data import DataLoader, Dataset
 from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.datasets import build_dataset
-from cromss.data.resolution import class_table_of
 from cromss.data.preprocess import BatchPreprocess
-from cromss.errors import DataError
-
+from cromss.data.resolution import class_table_of
+from cromss.errors import DataError, warn
 
 #: training samples (spread over the split) checked for one labelled valid pixel before training
 TRAINABLE_CHECK_SAMPLES = 16
@@ -46,6 +45,41 @@ def check_trainable(dataset: Any, root: str, limit: int = TRAINABLE_CHECK_SAMPLE
         f"samples checked: every label is ignored or every image pixel is nodata (e.g. sample {sample}: "
         f"{worst} pixels); check the files, label values and nodata with `cromss data inspect {root}`"
     )
+
+
+#: training locations (spread over the split) whose labels are counted per class before training
+CLASS_CHECK_LOCATIONS = 512
+
+
+def warn_absent_classes(dataset: Any, class_table: schema.ClassTable, root: str,
+                        limit: int = CLASS_CHECK_LOCATIONS) -> list[str]:
+    """One warning line naming the classes without a labelled pixel in the training split (up to
+    ``limit`` locations spread over it are read; the line says how many when that is not all).
+
+    A class the training labels never show cannot be learned, and an evaluation on it says nothing (a
+    label file whose nodata value is that class's value is the usual cause). Returns the classes named.
+    """
+    import numpy as np
+
+    locations = len(getattr(dataset, "locations", []))
+    if locations == 0 or not hasattr(dataset, "read_labels"):
+        return []
+    count = min(limit, locations)
+    positions = sorted({round(i * (locations - 1) / max(1, count - 1)) for i in range(count)})
+    pixels = np.zeros(class_table.num_classes, dtype=np.int64)
+    for position in positions:
+        labels, _ = dataset.read_labels(position)
+        labels = np.asarray(labels)
+        labelled = labels[labels != schema.IGNORE_INDEX]
+        pixels += np.bincount(labelled.ravel().astype(np.int64), minlength=class_table.num_classes)[
+            : class_table.num_classes]
+    absent = [name for name, n in zip(class_table.names, pixels.tolist(), strict=True) if n == 0]
+    if absent:
+        read = "" if len(positions) == locations else f" (of the {len(positions)} of {locations} locations read)"
+        warn(f"class(es) {absent} have no labelled pixel in the training split of {root}{read}: they cannot be "
+             f"learned; check the label values and the label files' nodata with `cromss data inspect {root}`",
+             once=False)
+    return absent
 
 
 class CromSSDataModule(L.LightningDataModule):
@@ -86,6 +120,7 @@ class CromSSDataModule(L.LightningDataModule):
             self.dataset("val")
             if not self._checked_train:
                 check_trainable(train, self.cfg.root)
+                warn_absent_classes(train, self.class_table, self.cfg.root)
                 if self.cfg.format != "stream":
                     # one sample of each split through the whole core (crop, eval crop, label map): a crop
                     # larger than the tiles is refused here, before the run writes anything

@@ -23,13 +23,13 @@ from cromss.data.layouts import (
     NolLmdbDataset,
     Tile,
     TileDataset,
+    build_layout_dataset,
     detect_format,
     list_tiles,
     resolve_root,
     s2_band_indices,
 )
 from cromss.data.splits import split_indices
-from cromss.errors import DataError
 
 
 # ----------------------------------------------------------------------------- factory
@@ -49,35 +49,11 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, compact: bool = Fals
 
         cfg.validate()
         return build_stream_dataset(cfg, split, train, compact)
-    dataset = _build(cfg, split, train)
-    dataset.compact = compact
-    return dataset
-
-
-def _build(cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:
-    if split not in ("train", "val", "test"):
-        raise DataError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
-    cfg.validate()
-    if cfg.kind == "generic":
-        return build_generic_dataset(cfg, split, train)
-    root = resolve_root(cfg)
-    if cfg.kind == "nol":
-        if split == "test":
-            raise DataError("the pretraining set 'nol' has no test split (use 'train' or 'val')")
-        fmt = detect_format(root) if cfg.format == "auto" else cfg.format
-        cls = NolLmdbDataset if fmt == "lmdb" else NolGeoTiffDataset
-        full = cls(cfg, root, None, train)
-        train_idx, val_idx = split_indices(len(full.locations), cfg.val_fraction, cfg.seed)
-        return full.with_locations(train_idx if split == "train" else val_idx)
-    if split == "test":
-        return TileDataset(cfg, list_tiles(root, cfg.kind, "test"), train)
-    tiles = list_tiles(root, cfg.kind, "train")
-    train_idx, val_idx = split_indices(len(tiles), cfg.val_fraction, cfg.seed)
-    return TileDataset(cfg, [tiles[i] for i in (train_idx if split == "train" else val_idx)], train)
+    return build_layout_dataset(cfg, split, train, compact)
 
 
 __all__ = [
     "LMDB_NAMES", "TILE_DIRS", "TREE_DIRS", "GenericDataset", "NolGeoTiffDataset", "NolLmdbDataset",
-    "SegmentationDataset", "Tile", "TileDataset", "_Images", "build_dataset", "detect_format", "list_tiles",
-    "resolve_root", "s2_band_indices", "split_indices",
+    "SegmentationDataset", "Tile", "TileDataset", "_Images", "build_dataset", "build_generic_dataset",
+    "build_layout_dataset", "detect_format", "list_tiles", "resolve_root", "s2_band_indices", "split_indices",
 ]

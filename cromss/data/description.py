@@ -19,6 +19,7 @@ A :class:`DatasetDescription` is the one description every dataset of cromss is 
     colors: ['#cccccc', '#419BDF']   # optional, one per class
     stats: {s2: stats/s2_stats.json} # optional; default <root>/stats/<modality>_stats.json
     nodata: {s2: {value: 0, rule: all}}  # optional per modality: override the file's nodata / rule
+    label_nodata: ignore   # optional: a label nodata that is ALSO a label value is nodata (ignore) or the class (keep)
 
 The sample table has the columns ``location``, ``time`` (optional), ``split`` (optional:
 train / val / test), one column per modality, ``label`` and ``reference`` (optional). Paths are relative
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cromss import bands as band_ids
 from cromss import schema
 from cromss.errors import DataError
 from cromss.textfiles import read_text
@@ -46,6 +48,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Columns of the sample table that are not modalities.
 RESERVED_COLUMNS: tuple[str, ...] = ("location", "time", "split", "label", "reference")
 NODATA_RULES: tuple[str, ...] = ("any", "all")
+#: ``label_nodata`` of dataset.yaml: what a label file's nodata value means when it is ALSO a raw value of
+#: ``label_values``: 'ignore' = missing labels (the class gets no pixels of that value), 'keep' = the class.
+LABEL_NODATA: tuple[str, ...] = ("ignore", "keep")
 #: A palette for classes without colours (tab10-like, then grey).
 _PALETTE: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                              "#7f7f7f", "#bcbd22", "#17becf")
@@ -105,6 +110,8 @@ class DatasetDescription:
     samples_file: Path | None = None
     stats: dict[str, Path] = field(default_factory=dict)
     nodata: dict[str, NodataRule] = field(default_factory=dict)
+    #: 'ignore' | 'keep' | None (not said): see :data:`LABEL_NODATA` and :func:`label_nodata_conflict`
+    label_nodata: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -204,7 +211,42 @@ def _label_values(raw: Any, num_classes: int, source: Path) -> dict[int, int]:
     return out
 
 
+#: Parsed and checked dataset.yaml files, by path and content hash: a command parses and checks the
+#: description once however many parts of it ask (config resolution, statistics files, train / val
+#: datasets); an edited file is parsed again.
+_CACHE: dict[tuple[Any, ...], Any] = {}
+_CACHE_SIZE = 8
+
+
+def _file_identity(path: Path, *extra: Any) -> tuple[Any, ...] | None:
+    import hashlib
+
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return (str(path.resolve()), digest, *extra)
+
+
+def _cached(key: tuple[Any, ...] | None, build: Any) -> Any:
+    if key is None:
+        return build()
+    if key not in _CACHE:
+        value = build()  # errors are not cached: a fixed file is read again
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = value
+    return _CACHE[key]
+
+
 def load_description(root: str | Path) -> DatasetDescription:
+    """``<root>/dataset.yaml`` as a :class:`DatasetDescription` (the sample table is read separately),
+    parsed once per process while the file is unchanged."""
+    root = Path(root).expanduser()
+    return _cached(_file_identity(root / DESCRIPTION_FILE, "description"), lambda: _read_description(root))
+
+
+def _read_description(root: str | Path) -> DatasetDescription:
     """Read ``<root>/dataset.yaml`` into a :class:`DatasetDescription` (the sample table is read separately)."""
     import yaml
 
@@ -223,7 +265,7 @@ def load_description(root: str | Path) -> DatasetDescription:
     if not isinstance(data, Mapping):
         raise DataError(f"{source} must hold a mapping")
     known = {"modalities", "classes", "colors", "label_values", "samples", "stats", "nodata", "name",
-             "description", "ignore_values"}
+             "description", "ignore_values", "label_nodata"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise DataError(f"{source}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
@@ -237,9 +279,10 @@ def load_description(root: str | Path) -> DatasetDescription:
             raise DataError(f"{source}: {name!r} cannot be a modality name (reserved or not alphanumeric)")
         if not isinstance(bands, list) or not bands:
             raise DataError(f"{source}: modality {name!r} must list its band names in file order")
-        names = tuple(str(b) for b in bands)
-        if len(set(names)) != len(names):
-            raise DataError(f"{source}: modality {name!r} lists a band twice: {list(names)}")
+        names = tuple(str(b).strip() for b in bands)
+        twice = band_ids.duplicate_text(names, name)
+        if twice:
+            raise DataError(f"{source}: modality {name!r} lists a band twice ({twice}): {list(names)}")
         modalities[name] = names
     classes = _class_table(data.get("classes"), data.get("colors"), source)
     label_values = _label_values(data.get("label_values"), classes.num_classes, source)
@@ -264,11 +307,43 @@ def load_description(root: str | Path) -> DatasetDescription:
             raise DataError(f"{source}: nodata rule of {modality} must be 'any' or 'all', got {rule!r}")
         nodata[str(modality)] = NodataRule(None if value is None else float(value), rule)
     samples = data.get("samples", "samples.csv")
+    label_nodata = data.get("label_nodata")
+    if label_nodata is not None and label_nodata not in LABEL_NODATA:
+        raise DataError(f"{source}: 'label_nodata' must be 'ignore' or 'keep', got {label_nodata!r}")
     return DatasetDescription(
         name=str(data.get("name") or root.name), modalities=modalities, classes=classes,
         label_values=label_values, ignore_values=tuple(ignore_values), ignore_unknown=True, root=root,
         samples_file=inside(root, str(samples), f"{source}: samples"), stats=stats, nodata=nodata,
+        label_nodata=label_nodata,
     )
+
+
+def label_nodata_conflict(nodata: Any, label_values: Mapping[int, int], class_names: Any,
+                          label_nodata: str | None, path: Path | str, what: str = "label") -> str | None:
+    """The problem of a label file whose GeoTIFF nodata is ALSO a raw value of ``label_values`` when the
+    dataset does not say which is meant (``label_nodata`` unset), else None.
+
+    Such a file (e.g. a label written with the image's profile: Sentinel-2 files declare nodata 0) would
+    silently drop that class: its pixels read as nodata.
+    """
+    value = finite_or_none(nodata)
+    if label_nodata is not None or value is None or value != int(value) or int(value) not in label_values:
+        return None
+    class_id = label_values[int(value)]
+    name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
+    return (f"{what} {path}: its GeoTIFF nodata {int(value)} is also the raw value of class {name!r} in "
+            f"label_values; say which is meant in dataset.yaml: label_nodata: ignore (the value marks missing "
+            f"labels) or label_nodata: keep (it is class {name!r})")
+
+
+def label_nodata_value(nodata: Any, label_values: Mapping[int, int], label_nodata: str | None) -> float | None:
+    """The label nodata value to ignore: the file's (finite) nodata, unless ``label_nodata: keep`` says a
+    value that is also a class value is that class."""
+    value = finite_or_none(nodata)
+    if (value is not None and label_nodata == "keep" and value == int(value)
+            and int(value) in label_values):
+        return None
+    return value
 
 
 def inside(root: Path, relative: str, what: str) -> Path:

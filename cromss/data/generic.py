@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from cromss import bands as band_ids
 from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.core import SegmentationDataset, _Images
 from cromss.data.description import (
     DatasetDescription,
     Location,
-    finite_or_none,
+    label_nodata_conflict,
+    label_nodata_value,
     load_description,
     max_timestamps,
     read_samples,
@@ -51,17 +53,12 @@ def same_grid(a: Any, b: Any) -> bool:
     return a.transform.almost_equals(b.transform, precision=1e-9 * max(1.0, abs(a.transform.a)))
 
 
-def check_band_descriptions(raster: Any, declared: tuple[str, ...], what: str) -> None:
-    """Refuse a file whose band descriptions name the declared bands in ANOTHER order.
-
-    Files without descriptions (or with other names) are taken in the declared order.
-    """
-    found = tuple(str(d) if d else "" for d in raster.descriptions)
-    if len(found) == len(declared) and all(found) and set(found) == set(declared) and found != declared:
-        raise DataError(
-            f"{what} {raster.path}: its band descriptions are {list(found)}, but the bands are declared as "
-            f"{list(declared)}; reorder the file or the band list"
-        )
+def check_band_descriptions(raster: Any, declared: tuple[str, ...], what: str, modality: str | None = None) -> None:
+    """Refuse a file whose band descriptions contradict the declared bands
+    (:func:`cromss.bands.description_conflict`: ``B02, B01`` for declared ``B1, B2`` is refused)."""
+    problem = band_ids.description_conflict(raster.descriptions, declared, modality)
+    if problem:
+        raise DataError(f"{what} {raster.path}: {problem}; reorder the file or the band list")
 
 
 class GenericDataset(SegmentationDataset):
@@ -95,7 +92,7 @@ class GenericDataset(SegmentationDataset):
         declared = self.description.bands(modality)
         what = f"{modality} image of sample {row.sample_id}"
         raster = read_geotiff(path, expected_count=len(declared), what=what)
-        check_band_descriptions(raster, declared, what)
+        check_band_descriptions(raster, declared, what, modality)
         grid = self._label_grids.get(row.label)
         if grid is not None and not same_grid(raster, grid):
             raise DataError(
@@ -104,24 +101,30 @@ class GenericDataset(SegmentationDataset):
             )
         wanted = self.bands_of(modality)
         if tuple(wanted) != declared:
-            index = {name: i for i, name in enumerate(declared)}
-            data = raster.data[[index[b] for b in wanted]]
+            data = raster.data[band_ids.pick(declared, wanted, modality)]
         else:
             data = raster.data
         rule = self.description.nodata_rule(modality)
         nodata = rule.value if rule.value is not None else raster.nodata
         return _Images(data, invalid_pixels(data, nodata, any_band=rule.rule == "any"), prescaled=False)
 
-    def _read_label(self, path: Path, sample: str) -> np.ndarray:
-        raster = read_geotiff(path, expected_count=1, allowed_kinds="uif", what=f"label of sample {sample}")
+    def _read_label(self, path: Path, sample: str, what: str = "label") -> np.ndarray:
+        """Class ids ``[H, W]`` of a label (or reference) file; its georeference is kept for grid checks."""
+        raster = read_geotiff(path, expected_count=1, allowed_kinds="uif", what=f"{what} of sample {sample}")
         raw = raster.data[0]
-        nodata = finite_or_none(raster.nodata)
+        description = self.description
+        assert description is not None
+        problem = label_nodata_conflict(raster.nodata, description.label_values, description.classes.names,
+                                        description.label_nodata, path, f"{what} of sample {sample}")
+        if problem:
+            raise DataError(problem)
+        nodata = label_nodata_value(raster.nodata, description.label_values, description.label_nodata)
         ignore = np.zeros(raw.shape, dtype=bool)
         if raw.dtype.kind == "f":
             ignore = ~np.isfinite(raw)
             finite = np.where(ignore, 0, raw)
             if not np.array_equal(finite, np.round(finite)):
-                raise DataError(f"label of sample {sample} {path}: float values that are not whole numbers")
+                raise DataError(f"{what} of sample {sample} {path}: float values that are not whole numbers")
             raw = finite.astype(np.int64)
         if nodata is not None:
             ignore |= raw == nodata
@@ -134,45 +137,73 @@ class GenericDataset(SegmentationDataset):
             self._label_grids.pop(next(iter(self._label_grids)))
         return labels
 
+    def _read_reference(self, row: Any, label_grid: Any) -> np.ndarray:
+        """The reference label of ``row``, checked like an image: on its label's grid (size, CRS, transform)."""
+        reference = self._read_label(row.reference, row.sample_id, what="reference")
+        grid = self._label_grids[row.reference]
+        if not same_grid(grid, label_grid):
+            raise DataError(
+                f"sample {row.sample_id} (row {row.row}): reference {row.reference} lies on another grid than "
+                f"its label {row.label}: {_grid_text(grid)} vs {_grid_text(label_grid)}"
+            )
+        return reference
+
     def read_labels(self, location: int) -> tuple[np.ndarray, np.ndarray | None]:
         loc = self.locations[location]
-        labels = [self._read_label(row.label, row.sample_id) for row in loc.rows]
+        labels, grids = [], []
+        for row in loc.rows:
+            labels.append(self._read_label(row.label, row.sample_id))
+            grids.append(self._label_grids[row.label])
         shapes = {label.shape for label in labels}
         if len(shapes) != 1:
             raise DataError(f"location {loc.name}: its label files differ in size {sorted(shapes)}")
         true = None
         if self.has_true_labels:
             true_list = [
-                self._read_label(row.reference, row.sample_id) if row.reference is not None
+                self._read_reference(row, grid) if row.reference is not None
                 else np.full(labels[0].shape, schema.IGNORE_INDEX, dtype=np.int64)
-                for row in loc.rows
+                for row, grid in zip(loc.rows, grids, strict=True)
             ]
             true = self._pad(np.stack(true_list))
         return np.stack(labels), true
 
 
 def check_headers(description: DatasetDescription, locations: list[Location]) -> None:
-    """Open every file of ``locations`` (headers only, no pixels): band counts as declared, one label band,
-    every modality on its label's grid. Bad input is found before a run writes anything."""
+    """Open every file of ``locations`` (headers only, no pixels): band counts and band descriptions as
+    declared, one label band, the label's nodata not also a class value unless ``label_nodata`` says which,
+    every modality AND the reference label on the label's grid. Bad input is found before a run writes
+    anything."""
     import rasterio
     from rasterio.errors import RasterioError
 
     for location in locations:
         for row in location.rows:
             grids = {}
-            for what, path in [("label", row.label), *row.images.items()]:
+            files = [("label", row.label), *(([("reference", row.reference)]) if row.reference else []),
+                     *row.images.items()]
+            for what, path in files:
+                where = f"sample {row.sample_id} (row {row.row}): {what} {path}"
                 try:
                     with rasterio.open(path) as src:
                         count, shape, crs, transform = src.count, (src.height, src.width), src.crs, src.transform
+                        nodata, descriptions = src.nodata, src.descriptions
                 except (RasterioError, OSError) as err:
-                    raise DataError(f"sample {row.sample_id} (row {row.row}): {what} {path} cannot be read "
-                                    f"as GeoTIFF: {err}") from None
-                expected = 1 if what == "label" else len(description.bands(what))
+                    raise DataError(f"{where} cannot be read as GeoTIFF: {err}") from None
+                is_label = what in ("label", "reference")
+                expected = 1 if is_label else len(description.bands(what))
                 if count != expected:
                     raise DataError(
-                        f"sample {row.sample_id} (row {row.row}): {what} {path} has {count} band(s), expected "
-                        f"{expected}" + ("" if what == "label" else f" ({', '.join(description.bands(what))})")
+                        f"{where} has {count} band(s), expected {expected}"
+                        + ("" if is_label else f" ({', '.join(description.bands(what))})")
                     )
+                if is_label:
+                    problem = label_nodata_conflict(nodata, description.label_values, description.classes.names,
+                                                    description.label_nodata, path, f"{what} of sample {row.sample_id}")
+                else:
+                    problem = band_ids.description_conflict(descriptions, description.bands(what), what)
+                    problem = f"{where}: {problem}; reorder the file or the band list" if problem else None
+                if problem:
+                    raise DataError(problem)
                 grids[what] = (shape, crs, transform, path)
             label_shape, label_crs, label_transform, _ = grids.pop("label")
             for what, (shape, crs, transform, path) in grids.items():

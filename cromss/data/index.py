@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cromss import bands as band_ids
 from cromss.data.description import DESCRIPTION_FILE, RESERVED_COLUMNS, SPLITS
 from cromss.errors import DataError
 from cromss.textfiles import read_text
@@ -63,6 +64,8 @@ class IndexResult:
     columns: list[str]
     missing_reference: int = 0
     unsplit_locations: int = 0
+    #: one line each, printed as ``cromss: warning: ...`` (e.g. a label nodata that is also a class value)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- parsing helpers
@@ -274,11 +277,18 @@ def _band_names(root: Path, modality: str, file: str, given: list[str] | None) -
     except (RasterioError, OSError) as err:
         raise DataError(f"{modality} file {path} cannot be read as GeoTIFF: {err}") from None
     if given is not None:
+        twice = band_ids.duplicate_text(given, modality)
+        if twice:
+            raise DataError(f"--bands {modality}: {twice}; name every band once")
         if len(given) != count:
             raise DataError(f"--bands {modality}: {len(given)} names {given} but {path} has {count} band(s)")
+        conflict = band_ids.description_conflict(descriptions, given, modality)
+        if conflict:
+            raise DataError(f"--bands {modality}: {path} contradicts it: {conflict}; give the bands in the "
+                            "file's order")
         return given
     names = [str(d).strip() if d else "" for d in descriptions]
-    if not all(names) or len(set(names)) != len(names):
+    if not all(names) or band_ids.duplicates(names, modality):
         raise DataError(
             f"{modality}: {path} ({count} band(s)) has no distinct band descriptions; name the bands with "
             f"--bands {modality}=NAME1,NAME2,..."
@@ -299,6 +309,10 @@ def build_index(spec: IndexSpec) -> IndexResult:
     unknown = [m for m in spec.bands if m not in spec.images]
     if unknown:
         raise DataError(f"--bands {unknown[0]}=...: no --image {unknown[0]}=GLOB")
+    for modality, names in spec.bands.items():
+        twice = band_ids.duplicate_text(names, modality)
+        if twice:  # a dataset.yaml listing a band twice is refused by every later command: refuse it here
+            raise DataError(f"--bands {modality}: {twice}; name every band once")
     try:
         id_re = re.compile(spec.id_pattern) if spec.id_pattern else None
         time_re = re.compile(spec.time_pattern) if spec.time_pattern else None
@@ -400,11 +414,40 @@ def build_index(spec: IndexSpec) -> IndexResult:
     description["samples"] = SAMPLES_FILE
     columns = ["location", *(["time"] if time_re is not None else []), *(["split"] if spec.splits else []),
                *needed, "label", *(["reference"] if spec.reference else [])]
+    warnings = _label_nodata_warnings(root, rows, classes, label_values)
     return IndexResult(
         description, rows, columns,
         missing_reference=sum(1 for r in rows if spec.reference and not r["reference"]),
-        unsplit_locations=sum(1 for s in location_split.values() if not s),
+        unsplit_locations=sum(1 for s in location_split.values() if not s), warnings=warnings,
     )
+
+
+def _label_nodata_warnings(root: Path, rows: list[dict[str, str]], classes: list[dict[str, Any]],
+                           label_values: dict[int, int] | None) -> list[str]:
+    """A warning when the first label (or reference) file's GeoTIFF nodata is also a raw class value: it
+    would silently drop that class unless dataset.yaml says ``label_nodata: ignore | keep``."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from cromss.data.description import label_nodata_conflict
+
+    values = label_values if label_values is not None else {i: i for i in range(len(classes))}
+    names = [c["name"] for c in classes]
+    out = []
+    for column in ("label", "reference"):
+        first = next((r[column] for r in rows if r.get(column)), None)
+        if first is None:
+            continue
+        try:
+            with rasterio.open(root / first) as src:
+                nodata = src.nodata
+        except (RasterioError, OSError):
+            continue  # unreadable files are reported by cromss data inspect
+        problem = label_nodata_conflict(nodata, values, names, None, root / first, column)
+        if problem:
+            out.append(f"{problem} (checked in the first {column} file; cromss data inspect checks them all, "
+                       "and training refuses until it is said)")
+    return out
 
 
 def _count_unpaired(files: dict[str, str], labels: dict[str, str]) -> int:

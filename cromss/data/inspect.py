@@ -178,7 +178,7 @@ def summarize_generic(root: Path, max_samples: int | None = 500) -> dict[str, An
     grid vs label; labels: raw values); the summary says how many were not.
     """
     from cromss.data.config import DataConfig
-    from cromss.data.description import load_description, max_timestamps, read_samples
+    from cromss.data.description import label_nodata_value, load_description, max_timestamps, read_samples
     from cromss.data.generic import GenericDataset
     from cromss.data.readers import read_geotiff
 
@@ -215,8 +215,11 @@ def summarize_generic(root: Path, max_samples: int | None = 500) -> dict[str, An
                 continue
             raw = raster.data[0]
             finite = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
-            if raster.nodata is not None and np.isfinite(raster.nodata):
-                finite &= raw != raster.nodata
+            # the value read as nodata: the file's, unless label_nodata: keep says it is a class
+            # (a nodata that is also a class value without label_nodata is a PROBLEM: read_labels reports it)
+            nodata_value = label_nodata_value(raster.nodata, description.label_values, description.label_nodata)
+            if nodata_value is not None:
+                finite &= raw != nodata_value
             nodata_labels += int((~finite).sum())
             values, value_counts = np.unique(raw[finite].astype(np.int64), return_counts=True)
             for value, count in zip(values.tolist(), value_counts.tolist()):

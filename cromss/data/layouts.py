@@ -19,6 +19,7 @@ from cromss import schema
 from cromss.data.config import DataConfig
 from cromss.data.core import SegmentationDataset, _Images
 from cromss.data.description import builtin_description
+from cromss.data.generic import build_generic_dataset
 from cromss.data.readers import (
     LABEL_MAPS,
     NOL_LABELS,
@@ -29,6 +30,7 @@ from cromss.data.readers import (
     read_label_geotiff,
     season_sort_key,
 )
+from cromss.data.splits import split_indices
 from cromss.errors import DataError
 
 #: File names of the SSL4EO-S12 / NoL LMDB release (the image names carry "s1" / "s2c").
@@ -398,3 +400,33 @@ class TileDataset(SegmentationDataset):
             else:
                 true = read_label_geotiff(tile.label_true, self.label_map).data
         return label, true
+
+
+def build_layout_dataset(cfg: DataConfig, split: str, train: bool, compact: bool = False) -> SegmentationDataset:
+    """The dataset of ``split`` of a FILE layout (built-in or generic; not a stream): the part of
+    :func:`cromss.data.datasets.build_dataset` that the stream converter reads from."""
+    dataset = _build_layout(cfg, split, train)
+    dataset.compact = compact
+    return dataset
+
+
+def _build_layout(cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:
+    if split not in ("train", "val", "test"):
+        raise DataError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
+    cfg.validate()
+    if cfg.kind == "generic":
+        return build_generic_dataset(cfg, split, train)
+    root = resolve_root(cfg)
+    if cfg.kind == "nol":
+        if split == "test":
+            raise DataError("the pretraining set 'nol' has no test split (use 'train' or 'val')")
+        fmt = detect_format(root) if cfg.format == "auto" else cfg.format
+        cls = NolLmdbDataset if fmt == "lmdb" else NolGeoTiffDataset
+        full = cls(cfg, root, None, train)
+        train_idx, val_idx = split_indices(len(full.locations), cfg.val_fraction, cfg.seed)
+        return full.with_locations(train_idx if split == "train" else val_idx)
+    if split == "test":
+        return TileDataset(cfg, list_tiles(root, cfg.kind, "test"), train)
+    tiles = list_tiles(root, cfg.kind, "train")
+    train_idx, val_idx = split_indices(len(tiles), cfg.val_fraction, cfg.seed)
+    return TileDataset(cfg, [tiles[i] for i in (train_idx if split == "train" else val_idx)], train)

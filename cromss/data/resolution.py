@@ -10,15 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cromss import bands as band_ids
 from cromss import schema
 from cromss.data.description import (
     _PALETTE,
-    STATS_DIR,
     DatasetDescription,
     builtin_description,
     load_description,
 )
+from cromss.data.run_stats import PACKAGED_STATS, stats_files  # noqa: F401  (importable from here too)
 from cromss.errors import DataError
+
+
+def absolute_root(root: str) -> str:
+    """``root`` as an absolute path (object-store URLs of streams as they are): a run's config names its
+    data wherever a later command runs."""
+    if "://" in str(root):
+        return str(root)
+    return str(Path(str(root)).expanduser().absolute())
 
 
 def describe(cfg: Any) -> DatasetDescription:
@@ -52,6 +61,7 @@ def resolve_data_config(cfg: Any) -> Any:
 
     if is_resolved(cfg):
         return resolve_stats(cfg)
+    cfg = replace(cfg, root=absolute_root(cfg.root))
     try:
         description = describe(cfg)
     except DataError as err:
@@ -67,69 +77,47 @@ def resolve_data_config(cfg: Any) -> Any:
     for modality in modalities:
         available = description.bands(modality)
         chosen = list((cfg.bands or {}).get(modality) or available)
-        missing = [b for b in chosen if b not in available]
+        twice = band_ids.duplicate_text(chosen, modality)
+        if twice:
+            raise ConfigError(f"config key 'data.bands.{modality}': {twice}")
+        missing = band_ids.missing_bands(available, chosen, modality)
         if missing:
             raise ConfigError(
-                f"config key 'data.bands.{modality}': band {missing[0]!r} is not a band of {modality} in dataset "
+                f"config key 'data.bands.{modality}': band(s) {missing} are not bands of {modality} in dataset "
                 f"{description.name} (it has {list(available)})"
             )
-        bands[modality] = chosen
+        # recorded as the dataset spells them: later lookups in its files and statistics match exactly
+        bands[modality] = band_ids.spelled_as(available, chosen, modality)
     names = list(description.classes.names)
     if cfg.classes is not None and list(cfg.classes) != names:
         raise ConfigError(
             f"config key 'data.classes': {list(cfg.classes)} differs from the classes of dataset "
             f"{description.name}: {names}"
         )
+    conventions = label_conventions(description, modalities, cfg.kind)
+    for key, value in conventions.items():
+        given = getattr(cfg, key)
+        if given is not None and given != value:
+            raise ConfigError(
+                f"config key 'data.{key}': {given!r} differs from dataset {description.name} ({value!r}); "
+                "the dataset's description decides (edit its dataset.yaml), leave the key out"
+            )
     return resolve_stats(replace(cfg, modalities=modalities, bands=bands, classes=names,
-                                 class_colors=list(cfg.class_colors or description.classes.colors)))
+                                 class_colors=list(cfg.class_colors or description.classes.colors), **conventions))
 
 
-#: ``data.s1_stats`` / ``data.s2_stats`` value recorded when a built-in kind uses the packaged statistics.
-PACKAGED_STATS = "packaged"
-
-
-def _builtin_root(cfg: Any) -> Path | None:
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        return None
-    sub = root / cfg.kind
-    if sub.is_dir() and not any(root.glob("*.lmdb")) and not (root / "train").is_dir():
-        return sub  # the demo folder holding nol/ and dw/ (as layouts.resolve_root)
-    return root
-
-
-def stats_files(cfg: Any) -> dict[str, str | None]:
-    """The band statistics file each modality of a DataConfig is normalised with.
-
-    Built-in kinds ('s1', 's2'): ``data.s1_stats`` / ``data.s2_stats`` when set (``'packaged'`` = the
-    SSL4EO-S12 statistics shipped with cromss), else ``<root>/stats/<m>_stats.json`` when it exists
-    (written by ``cromss data stats``), else the packaged statistics (None). Generic data:
-    ``data.stats.<m>``, else the file ``dataset.yaml`` names or ``<root>/stats/<m>_stats.json``
-    (None = none found).
-    """
-    if cfg.kind != "generic":
-        root = _builtin_root(cfg)
-        out: dict[str, str | None] = {}
-        for modality in ("s1", "s2"):
-            explicit = getattr(cfg, f"{modality}_stats")
-            if explicit is not None:
-                out[modality] = None if explicit == PACKAGED_STATS else str(explicit)
-                continue
-            found = root / STATS_DIR / f"{modality}_stats.json" if root is not None else None
-            out[modality] = str(found) if found is not None and found.is_file() else None
-        return out
-    given = dict(cfg.stats or {})
-    missing = [m for m in (cfg.modalities or []) if m not in given]
-    if missing or cfg.modalities is None:
-        try:
-            description = load_description(cfg.root)
-        except DataError:
-            return {m: str(p) for m, p in given.items()}
-        for modality in cfg.modalities or description.modalities:
-            if modality not in given and modality in description.modalities:
-                path = description.stats_path(modality)
-                given[modality] = str(path) if path is not None else None
-    return {m: (str(p) if p is not None else None) for m, p in given.items()}
+def label_conventions(description: DatasetDescription, modalities: list[str], kind: str) -> dict[str, Any]:
+    """The nodata rules and label conventions a run records (``data.nodata``, and for generic data
+    ``data.label_values`` / ``data.label_nodata``): later commands that read no dataset apply them."""
+    nodata = {}
+    for modality in modalities:
+        rule = description.nodata_rule(modality)
+        nodata[modality] = {"value": rule.value, "rule": rule.rule}
+    out: dict[str, Any] = {"nodata": nodata}
+    if kind == "generic":
+        out["label_values"] = {int(k): int(v) for k, v in description.label_values.items()}
+        out["label_nodata"] = description.label_nodata
+    return out
 
 
 def resolve_stats(cfg: Any) -> Any:
@@ -137,15 +125,19 @@ def resolve_stats(cfg: Any) -> Any:
     and its checkpoints say which statistics were used and later commands use the same ones.
 
     Built-in kinds: ``data.s1_stats`` / ``data.s2_stats`` become the file found or ``'packaged'``.
-    Generic: ``data.stats`` gains the file of each modality found. Values already set are kept.
+    Generic: ``data.stats`` gains the file of each modality found. Values already set are kept. Paths are
+    recorded absolute (a later command may run in another folder).
     """
     from dataclasses import replace
 
+    def absolute(path: str | None) -> str | None:
+        return path if path in (None, PACKAGED_STATS) else absolute_root(str(path))
+
     files = stats_files(cfg)
     if cfg.kind != "generic":
-        return replace(cfg, **{f"{m}_stats": getattr(cfg, f"{m}_stats") or files[m] or PACKAGED_STATS
+        return replace(cfg, **{f"{m}_stats": absolute(getattr(cfg, f"{m}_stats") or files[m]) or PACKAGED_STATS
                                for m in ("s1", "s2")})
-    found = {m: p for m, p in files.items() if p is not None}
+    found = {m: absolute(p) for m, p in files.items() if p is not None}
     return replace(cfg, stats=found or cfg.stats)
 
 

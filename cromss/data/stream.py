@@ -17,8 +17,6 @@ comes from the StreamingDataLoader state in the Lightning checkpoint) replays ex
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +24,14 @@ import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
+from cromss import bands as band_ids
 from cromss import schema
 from cromss.data.config import BUILTIN_KINDS, DataConfig
 from cromss.data.core import SegmentationDataset, _Images
 from cromss.data.description import DatasetDescription, NodataRule
-from cromss.data.stream_check import (  # noqa: F401  (META_FILE: part of this module's API)
+from cromss.data.stream_check import (  # noqa: F401  (META_FILE, STREAM_VERSION: part of this module's API)
     META_FILE,
+    STREAM_VERSION,
     check_index,
     check_stream_index,
     guarded_serializers,
@@ -39,7 +39,6 @@ from cromss.data.stream_check import (  # noqa: F401  (META_FILE: part of this m
 from cromss.errors import DataError
 from cromss.transforms import ClipNormalize
 
-STREAM_VERSION = 2  # 2: cromss_stream.json records the size and SHA-256 of every file ('files')
 SPLITS = ("train", "val", "test")
 
 
@@ -58,88 +57,6 @@ except ImportError:  # pragma: no cover - older litdata
 
 _FIELD_ERRORS = (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError,
                  AttributeError, RuntimeError)
-
-
-# ----------------------------------------------------------------------------- writing
-_SOURCES: dict[tuple[str, str], SegmentationDataset] = {}
-
-
-def _source(cfg_dict: dict[str, Any], split: str) -> SegmentationDataset:
-    from cromss.data.datasets import build_dataset
-
-    key = (json.dumps(cfg_dict, sort_keys=True), split)
-    if key not in _SOURCES:
-        _SOURCES.clear()
-        _SOURCES[key] = build_dataset(DataConfig(**cfg_dict), split, train=False, compact=True)
-    return _SOURCES[key]
-
-
-def read_item(dataset: SegmentationDataset, location: int, season: int) -> dict[str, Any]:
-    """One stream item: every timestamp of ``location`` in stored dtypes; ``season`` -1 = drawn when read."""
-    labels, labels_true = dataset.read_labels(location)
-    item: dict[str, Any] = {
-        "id": dataset.sample_id(location), "season": int(season),
-        "label": np.ascontiguousarray(labels.astype(dataset.label_dtype)),
-    }
-    if dataset.has_true_labels:
-        true = labels_true if labels_true is not None else np.full_like(labels, schema.IGNORE_INDEX)
-        item["label_true"] = np.ascontiguousarray(np.asarray(true)[: labels.shape[0]].astype(dataset.label_dtype))
-    for modality in dataset.modalities:
-        stack, invalid = [], []
-        for t in range(dataset.timestamps(location)):
-            images = dataset.read_images(location, t, modality)
-            stack.append(np.asarray(images.data))
-            invalid.append(images.invalid)
-        item[modality] = np.ascontiguousarray(np.stack(stack))
-        item[f"{modality}_invalid"] = np.ascontiguousarray(np.stack(invalid))
-    return item
-
-
-def _convert_one(entry: tuple[int, int], cfg_dict: dict[str, Any], split: str) -> dict[str, Any]:
-    return read_item(_source(cfg_dict, split), *entry)
-
-
-def _source_splits(cfg: DataConfig) -> list[str]:
-    return ["train", "val"] if cfg.kind == "nol" else list(SPLITS)
-
-
-def stream_metadata(dataset: SegmentationDataset, cfg: DataConfig, splits: dict[str, int]) -> dict[str, Any]:
-    """The self-description written next to the shards (``cromss_stream.json``)."""
-    description = dataset.description
-    stats = {}
-    if not dataset.prescaled:
-        for modality in dataset.modalities:
-            norm = dataset.normalizers[modality]
-            mean, std = norm.stats64
-            stats[modality] = {"bands": list(dataset.bands_of(modality)), "mean": mean, "std": std,
-                               "num_std": norm.num_std}
-    classes = description.classes if description is not None else schema.CLASS_TABLES[cfg.kind]
-    return {
-        "format": "cromss-stream", "version": STREAM_VERSION, "kind": cfg.kind,
-        "name": description.name if description is not None else cfg.kind,
-        "modalities": {m: list(dataset.bands_of(m)) for m in dataset.modalities},
-        "classes": list(classes.names), "class_colors": list(classes.colors), "class_table": classes.name,
-        "labels": f"class ids 0..{classes.num_classes - 1} (stored {dataset.label_dtype.name}), "
-                  f"{schema.IGNORE_INDEX} = ignore; label values already mapped from the source",
-        "label_dtype": dataset.label_dtype.name,
-        "prescaled": dataset.prescaled,
-        "images": "uint8, already clipped to mean +/- 2 sigma and scaled to 0..255" if dataset.prescaled
-                  else "raw values in the source dtype; normalised with 'stats' (mean +/- 2 std -> [0, 1])",
-        "stats": stats,
-        "num_seasons": dataset.num_seasons, "variable_timestamps": dataset.variable_timestamps,
-        "has_true_labels": dataset.has_true_labels,
-        "splits": splits, "source": str(cfg.root),
-        "source_config": {k: v for k, v in asdict(cfg).items() if k in ("kind", "format", "s2_bands", "seed",
-                                                                       "val_fraction", "eval_seasons", "season")},
-    }
-
-
-def convert_to_stream(cfg: DataConfig, out: str | Path, chunk_bytes: str | int = "64MB", num_workers: int = 1,
-                      splits: list[str] | None = None) -> dict[str, Any]:
-    """Write every split of ``cfg``'s dataset as a stream under ``out`` (:mod:`cromss.data.stream_convert`)."""
-    from cromss.data.stream_convert import convert_to_stream as convert
-
-    return convert(cfg, out, chunk_bytes, num_workers, splits)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -212,13 +129,13 @@ class _ItemView(SegmentationDataset):
             stats = self.meta["stats"].get(modality)
             if stats is None:
                 raise DataError(f"stream {self.cfg.root}: no band statistics for modality {modality!r}")
-            index = {name: i for i, name in enumerate(stats["bands"])}
-            wanted = self.bands_of(modality)
-            missing = [b for b in wanted if b not in index]
+            names, wanted = [str(b) for b in stats["bands"]], self.bands_of(modality)
+            missing = band_ids.missing_bands(names, wanted, modality)
             if missing:
                 raise DataError(f"stream {self.cfg.root}: modality {modality!r} lacks band(s) {missing}")
-            out[modality] = ClipNormalize([stats["mean"][index[b]] for b in wanted],
-                                          [stats["std"][index[b]] for b in wanted], stats.get("num_std", 2.0))
+            index = band_ids.pick(names, wanted, modality)
+            out[modality] = ClipNormalize([stats["mean"][i] for i in index], [stats["std"][i] for i in index],
+                                          stats.get("num_std", 2.0))
         return out
 
     def timestamps(self, location: int) -> int:
@@ -234,11 +151,10 @@ class _ItemView(SegmentationDataset):
         stored = self.meta["modalities"][modality]
         wanted = self.bands_of(modality)
         if tuple(wanted) != tuple(stored):
-            index = {name: i for i, name in enumerate(stored)}
-            missing = [b for b in wanted if b not in index]
+            missing = band_ids.missing_bands(stored, wanted, modality)
             if missing:
                 raise DataError(f"stream {self.cfg.root}: modality {modality!r} lacks band(s) {missing}")
-            data = data[[index[b] for b in wanted]]
+            data = data[band_ids.pick(stored, wanted, modality)]
         return _Images(data, self.item[f"{modality}_invalid"][season], self.prescaled)
 
     def read_labels(self, location: int) -> tuple[np.ndarray, np.ndarray | None]:

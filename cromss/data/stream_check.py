@@ -32,6 +32,8 @@ from typing import Any
 
 from cromss.errors import DataError
 
+STREAM_VERSION = 2  # 2: cromss_stream.json records the size and SHA-256 of every file ('files')
+
 __all__ = ["ALLOWED_FORMATS", "INDEX_FILE", "META_FILE", "StreamCheck", "check_index", "check_stream_index",
            "file_digest", "guarded_serializers", "read_index", "verify_stream"]
 

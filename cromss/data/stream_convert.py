@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,8 +29,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cromss import schema
 from cromss.data.config import DataConfig
-from cromss.data.stream_check import INDEX_FILE, META_FILE, file_digest, is_url
+from cromss.data.core import SegmentationDataset
+from cromss.data.stream_check import INDEX_FILE, META_FILE, STREAM_VERSION, file_digest, is_url
 from cromss.errors import ConfigError, DataError, OutputError
 
 __all__ = ["convert_to_stream", "parse_chunk_bytes"]
@@ -128,10 +133,83 @@ def _raise_output_error(err: BaseException, target: Path) -> None:
         raise output_error(cause, target, "stream folder") from None
 
 
+# ----------------------------------------------------------------------------- items of the stream
+_SOURCES: dict[tuple[str, str], SegmentationDataset] = {}
+
+
+def _source(cfg_dict: dict[str, Any], split: str) -> SegmentationDataset:
+    from cromss.data.layouts import build_layout_dataset  # a file layout: a stream is not converted again
+
+    key = (json.dumps(cfg_dict, sort_keys=True), split)
+    if key not in _SOURCES:
+        _SOURCES.clear()
+        _SOURCES[key] = build_layout_dataset(DataConfig(**cfg_dict), split, train=False, compact=True)
+    return _SOURCES[key]
+
+
+def read_item(dataset: SegmentationDataset, location: int, season: int) -> dict[str, Any]:
+    """One stream item: every timestamp of ``location`` in stored dtypes; ``season`` -1 = drawn when read."""
+    labels, labels_true = dataset.read_labels(location)
+    item: dict[str, Any] = {
+        "id": dataset.sample_id(location), "season": int(season),
+        "label": np.ascontiguousarray(labels.astype(dataset.label_dtype)),
+    }
+    if dataset.has_true_labels:
+        true = labels_true if labels_true is not None else np.full_like(labels, schema.IGNORE_INDEX)
+        item["label_true"] = np.ascontiguousarray(np.asarray(true)[: labels.shape[0]].astype(dataset.label_dtype))
+    for modality in dataset.modalities:
+        stack, invalid = [], []
+        for t in range(dataset.timestamps(location)):
+            images = dataset.read_images(location, t, modality)
+            stack.append(np.asarray(images.data))
+            invalid.append(images.invalid)
+        item[modality] = np.ascontiguousarray(np.stack(stack))
+        item[f"{modality}_invalid"] = np.ascontiguousarray(np.stack(invalid))
+    return item
+
+
+def _convert_one(entry: tuple[int, int], cfg_dict: dict[str, Any], split: str) -> dict[str, Any]:
+    return read_item(_source(cfg_dict, split), *entry)
+
+
+def _source_splits(cfg: DataConfig) -> list[str]:
+    return ["train", "val"] if cfg.kind == "nol" else ["train", "val", "test"]
+
+
+def stream_metadata(dataset: SegmentationDataset, cfg: DataConfig, splits: dict[str, int]) -> dict[str, Any]:
+    """The self-description written next to the shards (``cromss_stream.json``)."""
+    description = dataset.description
+    stats = {}
+    if not dataset.prescaled:
+        for modality in dataset.modalities:
+            norm = dataset.normalizers[modality]
+            mean, std = norm.stats64
+            stats[modality] = {"bands": list(dataset.bands_of(modality)), "mean": mean, "std": std,
+                               "num_std": norm.num_std}
+    classes = description.classes if description is not None else schema.CLASS_TABLES[cfg.kind]
+    return {
+        "format": "cromss-stream", "version": STREAM_VERSION, "kind": cfg.kind,
+        "name": description.name if description is not None else cfg.kind,
+        "modalities": {m: list(dataset.bands_of(m)) for m in dataset.modalities},
+        "classes": list(classes.names), "class_colors": list(classes.colors), "class_table": classes.name,
+        "labels": f"class ids 0..{classes.num_classes - 1} (stored {dataset.label_dtype.name}), "
+                  f"{schema.IGNORE_INDEX} = ignore; label values already mapped from the source",
+        "label_dtype": dataset.label_dtype.name,
+        "prescaled": dataset.prescaled,
+        "images": "uint8, already clipped to mean +/- 2 sigma and scaled to 0..255" if dataset.prescaled
+                  else "raw values in the source dtype; normalised with 'stats' (mean +/- 2 std -> [0, 1])",
+        "stats": stats,
+        "num_seasons": dataset.num_seasons, "variable_timestamps": dataset.variable_timestamps,
+        "has_true_labels": dataset.has_true_labels,
+        "splits": splits, "source": str(cfg.root),
+        "source_config": {k: v for k, v in asdict(cfg).items() if k in ("kind", "format", "s2_bands", "seed",
+                                                                       "val_fraction", "eval_seasons", "season")},
+    }
+
+
 def _write_stream(cfg: DataConfig, folder: Path, chunk_bytes: int, num_workers: int,
                   splits: list[str] | None) -> dict[str, Any]:
     """Write the splits, their checksums and ``cromss_stream.json`` into ``folder`` (created)."""
-    from cromss.data.stream import _source, _source_splits, stream_metadata
     from cromss.outputs import atomic_write_text
 
     folder.mkdir(parents=True)
@@ -205,7 +283,6 @@ def _write_split(folder: Path, entries: list[tuple[int, int]], cfg_dict: dict[st
 
 def _items(entries: list[tuple[int, int]], cfg_dict: dict[str, Any], split: str, num_workers: int) -> Any:
     """The stream items of ``entries``, in order; read by ``num_workers`` processes when > 1 (bounded queue)."""
-    from cromss.data.stream import _convert_one
 
     if num_workers == 1:
         for entry in entries:

@@ -245,8 +245,8 @@ def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
     """
     from dataclasses import replace
 
+    from cromss.bands import modality_bands, same_bands
     from cromss.data.resolution import resolve_data_config
-    from cromss.schema import modality_bands
 
     data = resolve_data_config(cfg.data)
     model = cfg.model
@@ -269,12 +269,16 @@ def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
         except ValueError:
             return None
 
+    def differs(given: list[str] | None, fed: list[str], modality: str) -> bool:
+        return given is None or not same_bands(given, fed, modality)
+
     bands = model.bands
     if bands is None and any(data.bands[m] != table_bands(m) for m in modalities):
+        # the data's own spelling is recorded (B01 where its files say B01): the tables are not used
         bands = {m: list(data.bands[m]) for m in modalities}
     for modality in modalities:
         given = (bands or {}).get(modality) or table_bands(modality)
-        if given != data.bands[modality]:
+        if differs(given, data.bands[modality], modality):
             raise ConfigError(
                 f"config key 'model.bands.{modality}': {given} differs from the bands fed by the data "
                 f"{data.bands[modality]}"

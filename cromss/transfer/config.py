@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cromss.bands import duplicate_text, same_bands
 from cromss.baselines.registry import BASELINES, VIT_FRAMEWORKS, ViTConfig
 from cromss.config import from_dict, load_config, to_dict
 from cromss.data import DataConfig
@@ -116,9 +117,11 @@ class FinetuneConfig:
                 f"'{self.data.kind}' (use data.kind 'generic' for other sensors)"
             )
         if self.bands is not None:
-            if not self.bands or len(set(self.bands)) != len(self.bands):
-                raise ConfigError(f"config key 'bands': {self.bands!r} must list distinct band names")
-            if self.data.kind != "generic" and list(self.bands) != list(self._table_bands()):
+            twice = duplicate_text(self.bands, self.modality) if self.bands else None
+            if not self.bands or twice:
+                raise ConfigError(f"config key 'bands': {self.bands!r} must list distinct band names"
+                                  + (f" ({twice})" if twice else ""))
+            if self.data.kind != "generic" and not same_bands(self.bands, self._table_bands(), self.modality):
                 raise ConfigError(
                     f"config key 'bands': {self.bands} differs from the {self.modality} bands of data.kind "
                     f"'{self.data.kind}' {list(self._table_bands())}; built-in kinds choose S2 bands with "

@@ -11,7 +11,7 @@ from typing import Any
 from cromss.checkpoints import safe_torch_load
 from cromss.config import from_dict, to_dict
 from cromss.errors import CheckpointError, ConfigError
-from cromss.metrics import SCALAR_METRICS
+from cromss.metrics import SCALAR_METRICS, support_note
 from cromss.schema import CLASS_TABLES
 from cromss.transfer.config import METRIC_TITLES, FinetuneConfig
 from cromss.transfer.module import evaluate_model, finetune_module_class
@@ -51,6 +51,7 @@ def evaluate_run(
 
     from cromss.data import build_dataset
     from cromss.data.resolution import class_table_of, resolve_data_config
+    from cromss.data.run_stats import run_folder_of, with_run_stats
 
     module, cfg, ckpt = load_run(run_or_ckpt)
     data_cfg = copy.deepcopy(cfg.data)
@@ -72,8 +73,12 @@ def evaluate_run(
     if data_root is not None or kind is not None or data_cfg.classes is None:
         # the model's bands (by name) and classes are checked against the data it is evaluated on
         colors = data_cfg.class_colors
-        data_cfg = resolve_data_config(dataclasses.replace(data_cfg, class_colors=None))
+        # the dataset read brings its own nodata rules and label conventions (its dataset.yaml)
+        data_cfg = resolve_data_config(dataclasses.replace(data_cfg, class_colors=None, nodata=None,
+                                                           label_values=None, label_nodata=None))
         data_cfg.class_colors = colors or data_cfg.class_colors
+    # normalised with the statistics the model was trained with: the run's own copy, from any folder
+    data_cfg = with_run_stats(data_cfg, run_folder_of(ckpt))
     if batch_size is not None:
         data_cfg.batch_size = batch_size
     if num_workers is not None:
@@ -84,17 +89,22 @@ def evaluate_run(
     dataset = build_dataset(data_cfg, split, train=False, compact=True)
     loader = DataLoader(dataset, batch_size=data_cfg.batch_size, shuffle=False, num_workers=data_cfg.num_workers)
     result = evaluate_model(module, loader, cfg.classes, cfg.modality, preprocess=dataset.preprocessor())
+    names = list(class_table_of(data_cfg).names)
+    note = support_note(result["support"], names)
     return {
         "checkpoint": str(ckpt), "data_root": str(data_cfg.root), "kind": data_cfg.kind, "split": split,
         "modality": cfg.modality, "encoder_label": cfg.label, "mode": cfg.mode,
-        "class_names": list(class_table_of(data_cfg).names),
-        "class_colors": list(class_table_of(data_cfg).colors), **result,
+        "class_names": names, "class_colors": list(class_table_of(data_cfg).colors), **result,
+        **({"note": note} if note else {}),
     }
 
 
 def format_metrics(result: dict[str, Any]) -> str:
     """A plain-text table: the four scalar metrics, then per-class IoU / F1 / recall / support."""
     lines = ["  ".join(f"{METRIC_TITLES[m]} {100 * result[m]:6.2f}" for m in SCALAR_METRICS)]
+    note = result.get("note") or support_note(result.get("support") or [], result.get("class_names"))
+    if note:
+        lines[0] += f"  ({note})"
     names = result.get("class_names") or [str(i) for i in range(len(result["iou"]))]
     lines.append(f"{'class':<32}{'IoU %':>8}{'F1 %':>8}{'recall %':>10}{'pixels':>12}")
     for index, name in enumerate(names):

@@ -20,8 +20,9 @@ from cromss.checkpoints import fit_interruptible, safe_torch_load
 from cromss.config import to_dict
 from cromss.data.resolution import class_table_of
 from cromss.data.run_stats import record_run_stats
-from cromss.errors import CromssError, DataError, OutputError
+from cromss.errors import CromssError, DataError, OutputError, warn
 from cromss.locks import FolderLock
+from cromss.metrics import support_note
 from cromss.outputs import atomic_write_text, os_error_in, output_error, prepare_output_dir
 from cromss.trainer_options import check_trainer_runtime
 from cromss.transfer.config import FinetuneConfig, resolve_finetune_config
@@ -244,6 +245,10 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
         "weights_info": _plain(getattr(module, "weights_info", {})),
         **test,
     }
+    note = support_note(test["support"], result["class_names"])
+    if note:  # never a bare 100 %: said next to the metrics, in metrics.json and on the console
+        result["note"] = note
+        warn(f"{run_dir} test split: {note}", once=False)
     write_json(result, work_dir / "metrics.json")
     return result
 

@@ -27,24 +27,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cromss.errors import CheckpointError
+from cromss import bands as band_ids
+from cromss.errors import CheckpointError, warn
 
 #: Initialisations of first-conv channels for bands the weights lack (``init_missing``).
 INIT_MISSING: tuple[str, ...] = ("mean", "zero")
 #: Band tables of weights that carry no band metadata, by (modality, input channels): the official
-#: CromSS checkpoints and the SSL4EO-S12 ResNets (Sentinel-2 L1C; S1 GRD VV/VH).
-KNOWN_BAND_TABLES: dict[tuple[str, int], tuple[str, ...]] = {}
-
-
-def _fill_known_tables() -> None:
-    from cromss.schema import S1_BANDS, s2_band_names
-
-    KNOWN_BAND_TABLES[("s1", len(S1_BANDS))] = tuple(S1_BANDS)
-    for count in (13, 9):
-        KNOWN_BAND_TABLES[("s2", count)] = tuple(s2_band_names(count))
-
-
-_fill_known_tables()
+#: CromSS checkpoints and the SSL4EO-S12 ResNets (Sentinel-2 L1C; S1 GRD VV/VH). From cromss.bands.
+KNOWN_BAND_TABLES: dict[tuple[str, int], tuple[str, ...]] = {
+    ("s1", len(band_ids.S1_BANDS)): band_ids.S1_BANDS,
+    ("s2", 13): band_ids.s2_band_names(13),
+    ("s2", 9): band_ids.s2_band_names(9),
+}
 
 
 def known_bands(modality: str | None, channels: int | None) -> list[str] | None:
@@ -56,13 +50,16 @@ def known_bands(modality: str | None, channels: int | None) -> list[str] | None:
 
 
 def normalization_stats(modality: str, bands: Sequence[str]) -> tuple[list[float], list[float]]:
-    """SSL4EO-S12 mean and std (cromss.schema) of ``bands`` of ``modality``, in band order."""
-    from cromss.schema import S1_MEAN, S1_STD, S2_BANDS, S2_MEAN, S2_STD
+    """SSL4EO-S12 mean and std (cromss.schema) of ``bands`` of ``modality``, in band order, BY NAME."""
+    from cromss.schema import S1_MEAN, S1_STD, S2_MEAN, S2_STD
 
-    if modality == "s1":
-        return list(S1_MEAN), list(S1_STD)
-    index = [S2_BANDS.index(b) for b in bands]
-    return [S2_MEAN[i] for i in index], [S2_STD[i] for i in index]
+    table, mean, std = ((band_ids.S1_BANDS, S1_MEAN, S1_STD) if modality == "s1"
+                        else (band_ids.S2_L1C_BANDS, S2_MEAN, S2_STD))
+    try:
+        index = band_ids.pick(table, bands, modality)
+    except ValueError as err:
+        raise CheckpointError(f"the SSL4EO-S12 {modality} statistics {err} (they hold {list(table)})") from None
+    return [mean[i] for i in index], [std[i] for i in index]
 
 
 def first_conv_key(state: Mapping[str, Tensor]) -> str | None:
@@ -81,13 +78,16 @@ def select_input_channels(
     model_bands: Sequence[str],
     init_missing: str | None = None,
     where: str = "the weights",
+    modality: str | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``state`` with its first-conv input channels rearranged for ``model_bands``, BY NAME.
 
-    Channel ``i`` of the result is the donor's channel of band ``model_bands[i]``. A band missing from
-    ``weight_bands`` raises CheckpointError naming it, unless ``init_missing`` is 'mean' or 'zero'
-    (module docstring). Returns ``(state, report)``; ``report`` lists ``weight_bands``, ``model_bands``,
-    ``dropped`` (donor bands not fed) and ``initialised`` (bands given ``init_missing``).
+    Names are compared through :mod:`cromss.bands` in ``modality``'s sensor context (``B01`` is ``B1``), so
+    a spelling never drops or re-initialises a channel. Channel ``i`` of the result is the donor's channel
+    of band ``model_bands[i]``. A band missing from ``weight_bands`` raises CheckpointError naming the truly
+    missing bands, unless ``init_missing`` is 'mean' or 'zero' (module docstring); initialised bands are
+    announced in one warning line. Returns ``(state, report)``; ``report`` lists ``weight_bands``,
+    ``model_bands``, ``dropped`` (donor bands not fed) and ``initialised`` (band -> ``init_missing``).
     """
     if init_missing is not None and init_missing not in INIT_MISSING:
         raise CheckpointError(f"init_missing must be one of {list(INIT_MISSING)} or null, got {init_missing!r}")
@@ -101,25 +101,32 @@ def select_input_channels(
             f"{where}: the first convolution has {weight.shape[1]} input channels but the weights list "
             f"{len(weight_bands)} bands {weight_bands}"
         )
-    if len(set(model_bands)) != len(model_bands):
-        raise CheckpointError(f"model bands {model_bands} list a band twice")
-    missing = [b for b in model_bands if b not in weight_bands]
+    twice = band_ids.duplicate_text(model_bands, modality)
+    if twice:
+        raise CheckpointError(f"model bands {model_bands}: {twice}")
+    found = band_ids.positions(weight_bands, model_bands, modality)
+    missing = [b for b, p in zip(model_bands, found, strict=True) if p is None]
     if missing and init_missing is None:
+        which = f"band {missing[0]!r} of the model is" if len(missing) == 1 else f"bands {missing} of the model are"
         raise CheckpointError(
-            f"band {missing[0]!r} of the model is not in {where} (trained on {weight_bands}); feed only bands "
-            "the weights know, or set init_missing: mean | zero to initialise its first-conv channel"
-            + (f" (also missing: {missing[1:]})" if len(missing) > 1 else "")
+            f"{which} not in {where} (trained on {weight_bands}); feed only bands the weights know, or set "
+            f"init_missing: mean | zero to initialise {'its' if len(missing) == 1 else 'their'} first-conv "
+            f"channel{'' if len(missing) == 1 else 's'}"
         )
     if missing and init_missing == "mean":
         fill = weight.mean(dim=1)
     else:
         fill = torch.zeros_like(weight[:, 0])
-    channels = [weight[:, weight_bands.index(b)] if b in weight_bands else fill for b in model_bands]
+    channels = [weight[:, p] if p is not None else fill for p in found]
     out = dict(state)
     out[key] = torch.stack(channels, dim=1).contiguous()
+    used = {p for p in found if p is not None}
     report = {
         "weight_bands": weight_bands, "model_bands": model_bands,
-        "dropped": [b for b in weight_bands if b not in model_bands],
+        "dropped": [b for i, b in enumerate(weight_bands) if i not in used],
         "initialised": {b: init_missing for b in missing},
     }
+    if missing:
+        warn(f"{modality or 'input'}: initialised the first-conv channel(s) of band(s) {missing} with "
+             f"init_missing '{init_missing}' ({where} was trained on {weight_bands})")
     return out, report

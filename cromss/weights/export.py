@@ -44,14 +44,23 @@ def _class_table(config: Any, num_classes: int | None) -> dict[str, Any]:
 
 
 
-def _normalization(config: Any, modality: str, bands: Sequence[str], where: str) -> dict[str, Any]:
+def _normalization(config: Any, modality: str, bands: Sequence[str], where: str,
+                   run_dir: Path | None = None) -> dict[str, Any]:
     """The input normalisation of a run: its dataset's band statistics (generic data, picked by band
-    name) or the packaged SSL4EO-S12 ones (built-in kinds)."""
+    name: the file its config records, else the run's own copy in ``band_stats/``, else the dataset's
+    ``stats/`` folder) or the packaged SSL4EO-S12 ones (built-in kinds)."""
+    from cromss.bands import pick
+    from cromss.data.run_stats import recorded_stats
+
     method = {"method": "clip to mean ± num_std·std, then scale linearly to [0, 1]", "num_std": 2.0}
     data = config.get("data") if isinstance(config, Mapping) else None
     if isinstance(data, Mapping) and data.get("kind") == "generic":
         explicit = (data.get("stats") or {}).get(modality) if isinstance(data.get("stats"), Mapping) else None
-        path = Path(explicit) if explicit else Path(str(data.get("root", ""))) / "stats" / f"{modality}_stats.json"
+        candidates = [Path(explicit)] if explicit else []
+        copy = recorded_stats(run_dir, modality) if run_dir is not None else None
+        candidates += [copy] if copy is not None else []
+        candidates.append(Path(str(data.get("root", ""))) / "stats" / f"{modality}_stats.json")
+        path = next((c for c in candidates if c.is_file()), candidates[0])
         if not path.is_file():
             raise CheckpointError(
                 f"{where}: the band statistics of its {modality} data ({path}) are gone; the export must record "
@@ -59,7 +68,7 @@ def _normalization(config: Any, modality: str, bands: Sequence[str], where: str)
             )
         try:
             stats = json.loads(read_text(path, "band statistics file", CheckpointError))
-            index = [list(stats["bands"]).index(b) for b in bands]
+            index = pick([str(b) for b in stats["bands"]], bands, modality)
             mean, std = [float(stats["mean"][i]) for i in index], [float(stats["std"][i]) for i in index]
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{where}: cannot read the band statistics {path} for {list(bands)}: {err}") from None
@@ -111,7 +120,10 @@ def export_encoder(source: str | Path, modality: str, out: str | Path, overwrite
         )
     encoder = _make_encoder(info["encoder"], info["in_channels"], info["depth"])
     _load_strict(encoder, state, str(source))  # proves the one-line load works before publishing
-    normalization = _normalization(info["config"], modality, bands, str(source))
+    source_path = Path(str(source))
+    run_dir = source_path if source_path.is_dir() else (
+        source_path.parent.parent if source_path.parent.name == "checkpoints" else None)
+    normalization = _normalization(info["config"], modality, bands, str(source), run_dir)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

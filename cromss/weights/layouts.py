@@ -205,7 +205,8 @@ def encoder_state_dict(
             )
         info["band_selection"] = {"model_bands": list(bands), "checked": False}
         return state, info
-    state, report = select_input_channels(state, info["bands"], bands, init_missing, where)
+    state, report = select_input_channels(state, info["bands"], bands, init_missing, where,
+                                          modality=info.get("modality") or modality)
     info["band_selection"] = {**report, "checked": True}
     return state, info
 

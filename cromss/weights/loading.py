@@ -52,14 +52,17 @@ def _load_strict(module: nn.Module, state: Mapping[str, Tensor], where: str) -> 
 
 
 
-def _check_bands(bands: Sequence[str] | None, expect_bands: Sequence[str] | None, where: str) -> None:
+def _check_bands(bands: Sequence[str] | None, expect_bands: Sequence[str] | None, where: str,
+                 modality: str | None = None) -> None:
+    from cromss.bands import same_bands
+
     if expect_bands is None:
         return
     if bands is None:
         raise CheckpointError(
             f"{where} does not record its input bands; cannot check them against {list(expect_bands)}"
         )
-    if list(bands) != list(expect_bands):
+    if not same_bands(bands, expect_bands, modality):
         raise CheckpointError(
             f"band mismatch: {where} was trained on bands {list(bands)}, but {list(expect_bands)} were "
             "requested (same bands in the same order are required)"
@@ -84,7 +87,7 @@ def load(
             f"{path} is a {info['layout']} file whose input normalisation cromss does not know; "
             "use cromss.weights.load_into(model, path) and that model's own preprocessing"
         )
-    _check_bands(info["bands"], expect_bands, str(path))
+    _check_bands(info["bands"], expect_bands, str(path), info.get("modality"))
     if info["encoder"] is None or info["bands"] is None:
         raise CheckpointError(f"{path}: cannot tell the encoder architecture or band list")
     encoder = _make_encoder(info["encoder"], info["in_channels"], info.get("depth", 5))
@@ -120,7 +123,7 @@ def load_into(
     if bands is not None and in_channels is not None and len(bands) != in_channels:
         raise CheckpointError(f"bands {list(bands)} are {len(bands)} but the model has {in_channels} input channels")
     state, info = encoder_state_dict(source, modality, in_channels=in_channels, bands=bands, init_missing=init_missing)
-    _check_bands(info["bands"], expect_bands, str(source))
+    _check_bands(info["bands"], expect_bands, str(source), info.get("modality"))
     extra = [k for k in state if k not in own]
     if extra and getattr(target, "_depth", 5) < info.get("depth", 5):
         state = {k: v for k, v in state.items() if k in own}  # stages the shallower encoder never built
