@@ -337,7 +337,8 @@ def run_section(run: Path, extra_images: Sequence[Path] = ()) -> str:
 
 
 def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "CromSS report",
-                 table: str | Path | None = None, images: Sequence[str | Path] = ()) -> Path:
+                 table: str | Path | None = None, images: Sequence[str | Path] = (),
+                 audits: Sequence[str | Path] = ()) -> Path:
     """Write the self-contained HTML report of ``runs`` to ``out``.
 
     Args:
@@ -346,6 +347,8 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "Crom
         title: page title.
         table: optional ``cromss table`` markdown file (shown as the metric table).
         images: extra PNG files or folders of PNGs (e.g. ``cromss analyze`` outputs kept elsewhere).
+        audits: ``cromss audit`` folders to add as sections (a run folder's own ``RUN/audit/`` is added
+            without being named).
     """
     run_paths = [Path(r) for r in runs]
     for run in run_paths:
@@ -374,6 +377,10 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "Crom
                     + markdown_table_html(table_path.read_text()) + "</section>")
     for index, run in enumerate(run_paths):
         body.append(run_section(run, extra if index == 0 and len(run_paths) == 1 else ()))
+    from cromss.audit.panels import audit_section, find_audit
+
+    for audit in dict.fromkeys([*(Path(a) for a in audits), *filter(None, (find_audit(r) for r in run_paths))]):
+        body.append(audit_section(audit))
     if extra and len(run_paths) != 1:
         body.append('<section class="run"><h2>figures</h2><div class="grid">'
                     + "".join(_img(_file_png(p), p.name) for p in extra) + "</div></section>")

@@ -1,10 +1,12 @@
 """The ranked table of an audit: one row per sample, the ones to relabel first on top.
 
-Columns: ``rank, location, time, split, labelled_pixels, flagged_pixels, estimated_wrong_pixels,
-mean_score`` (the combined score over labelled pixels), ``mean_score_<modality>``, ``score_map`` (its
-file, relative to the audit folder) and, with a reference label, ``reference_wrong_pixels`` and
-``flagged_wrong_pixels``. Sorted by estimated wrong pixels (descending), then mean score: the first
-rows are the samples where relabelling fixes the most pixels.
+Columns: ``rank, location, time, split, labelled_pixels, flagged_pixels, estimated_wrong_pixels``
+(the sum of the combined score over the sample's labelled pixels), ``expected_wrong_pixels`` (the sum
+of ``1 - p_y``, the networks' mean probability that the label is wrong), ``mean_score`` (the mean
+combined score), ``mean_score_<modality>``, ``score_map`` (its file, relative to the audit folder) and,
+with a reference label, ``reference_wrong_pixels`` and ``flagged_wrong_pixels``. Sorted by estimated
+wrong pixels (descending), then mean score: the first rows are the samples where relabelling fixes the
+most pixels (docs/audit.md, "Ranked table", says why the score sum and not ``1 - p_y``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SampleRow:
     labelled_pixels: int
     flagged_pixels: int
     estimated_wrong_pixels: float
+    expected_wrong_pixels: float
     mean_score: float
     mean_score_by_modality: dict[str, float] = field(default_factory=dict)
     score_map: str = ""
@@ -49,7 +52,7 @@ def ranked(rows: Sequence[SampleRow]) -> list[SampleRow]:
 
 def columns(modalities: Sequence[str], reference: bool) -> list[str]:
     names = ["rank", "location", "time", "split", "labelled_pixels", "flagged_pixels", "estimated_wrong_pixels",
-             "mean_score", *[f"mean_score_{m}" for m in modalities], "score_map"]
+             "expected_wrong_pixels", "mean_score", *[f"mean_score_{m}" for m in modalities], "score_map"]
     return names + (["reference_wrong_pixels", "flagged_wrong_pixels"] if reference else [])
 
 
@@ -60,7 +63,8 @@ def table_text(rows: Sequence[SampleRow], modalities: Sequence[str], reference: 
     writer.writerow(columns(modalities, reference))
     for rank, row in enumerate(ranked(rows), start=1):
         values: list[Any] = [rank, row.location, row.time, row.split, row.labelled_pixels, row.flagged_pixels,
-                             f"{row.estimated_wrong_pixels:.1f}", f"{row.mean_score:.6f}",
+                             f"{row.estimated_wrong_pixels:.1f}", f"{row.expected_wrong_pixels:.1f}",
+                             f"{row.mean_score:.6f}",
                              *[f"{row.mean_score_by_modality.get(m, float('nan')):.6f}" for m in modalities],
                              row.score_map]
         if reference:
@@ -85,9 +89,9 @@ def ranking_agreement(rows: Sequence[SampleRow]) -> dict[str, Any] | None:
     if len(set(truth)) < 2:
         return None
     keys = {"estimated_wrong_pixels": [r.estimated_wrong_pixels for r in rows],
+            "expected_wrong_pixels": [r.expected_wrong_pixels for r in rows],
             "flagged_pixels": [r.flagged_pixels for r in rows],
-            "mean_score": [r.mean_score for r in rows],
-            "score_sum": [r.mean_score * r.labelled_pixels for r in rows]}
+            "mean_score": [r.mean_score for r in rows]}
     out: dict[str, Any] = {"samples": len(rows), "sorted_by": "estimated_wrong_pixels"}
     for name, values in keys.items():
         if len(set(values)) < 2:

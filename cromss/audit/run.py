@@ -322,8 +322,8 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
         binned = BinnedScores(metric_names, num_classes) if has_reference else None
         rows: list[SampleRow] = []
         worst: list[tuple[tuple[float, float, int], int]] = []  # max-heap of the panels' samples
-        totals = {"labelled": 0, "flagged": 0, "estimated_wrong": 0.0, "reference_pixels": 0, "wrong": 0,
-                  "flagged_wrong": 0}
+        totals = {"labelled": 0, "flagged": 0, "estimated_wrong": 0.0, "expected_wrong": 0.0, "reference_pixels": 0,
+                  "wrong": 0, "flagged_wrong": 0}
         task = progress.task("audit: writing", len(infos))
         for info in infos:
             arrays = np.load(cache / f"{info.index}.npz")
@@ -343,7 +343,7 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
             count = int(labelled.sum())
             row = SampleRow(
                 info.index, info.location, info.time, info.split, count, int(flagged.sum()),
-                float((1.0 - p_label)[labelled].sum()),
+                float(combined[labelled].sum()), float((1.0 - p_label)[labelled].sum()),
                 float(combined[labelled].mean()) if count else 0.0,
                 {m: float(scores[i][labelled].mean()) if count else 0.0 for i, m in enumerate(modalities)},
             )
@@ -369,6 +369,7 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
             totals["labelled"] += count
             totals["flagged"] += row.flagged_pixels
             totals["estimated_wrong"] += row.estimated_wrong_pixels
+            totals["expected_wrong"] += row.expected_wrong_pixels
             if writer is not None:
                 writer.add(info, images_of[info.index], arrays["label"].astype(np.int64), flagged.numpy(),
                            arrays["consensus"].astype(np.int64),
@@ -414,6 +415,7 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
         "flagged_fraction": totals["flagged"] / totals["labelled"] if totals["labelled"] else None,
         "estimated_wrong_pixels": round(totals["estimated_wrong"], 1),
         "estimated_wrong_fraction": totals["estimated_wrong"] / totals["labelled"] if totals["labelled"] else None,
+        "expected_wrong_pixels": round(totals["expected_wrong"], 1),
         "files": {"table": TABLE_FILE, "score_maps": MAPS_DIR if options.maps else None,
                   "panels": [str(p.relative_to(work)) for p in panel_files]},
         "georeferenced_maps": sum(1 for i in infos if i.transform is not None or i.crs is not None),
@@ -433,6 +435,7 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
             "scores": binned.metrics(classes.names) if binned is not None else {},
             "flagged": flag_quality(totals["flagged"], totals["flagged_wrong"], totals["wrong"]),
             "estimated_over_true_wrong": (totals["estimated_wrong"] / totals["wrong"]) if totals["wrong"] else None,
+            "expected_over_true_wrong": (totals["expected_wrong"] / totals["wrong"]) if totals["wrong"] else None,
             "ranking": ranking_agreement(rows),
         }
     if writer is not None:
