@@ -18,14 +18,13 @@ import pytest
 import rasterio
 import torch
 import yaml
+from generic_data import make_synthetic
 
 from cromss.audit import AuditOptions, run_audit
 from cromss.audit.cleaning import cleaned_labels
 from cromss.audit.scoring import DatasetThresholds, combine_scores, weights_from_thresholds
 from cromss.cli import main
 from cromss.schema import IGNORE_INDEX
-
-from generic_data import make_synthetic
 
 TINY_DECODER = [16, 16, 8, 8, 8]
 
