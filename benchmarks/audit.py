@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 CHIP = ROOT.parent / "shared" / "data" / "sen1floods11" / "Spain_7370579"
 S2_NAMES = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
 TOP = (1.0, 5.0, 10.0)
+METHODS = ("cromss", "self", "cleanlab")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -345,12 +346,7 @@ def table_spearman(audit_dir: Path, pixels: Pixels) -> float:
 
 # ----------------------------------------------------------------------------- one data set
 def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_scores: dict[str, np.ndarray]
-                     | None = None, log=print) -> dict[str, Any]:
-    import cleanlab.rank
-    import cleanlab.segmentation.filter
-    import cleanlab.segmentation.rank
-    from scipy.stats import spearmanr
-
+                     | None = None, log=print, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     from cromss.audit import AuditOptions, run_audit
 
     pixels = Pixels(root)
@@ -358,10 +354,10 @@ def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_
     result: dict[str, Any] = {"data": str(root), "samples": len(pixels.names), "pixels": int(wrong.size),
                               "wrong": int(wrong.sum()), "wrong_fraction": float(wrong.mean()), "methods": {}}
     log(f"[{tag}] {len(pixels.names)} samples, {wrong.size} labelled pixels, {100 * wrong.mean():.1f} % wrong")
-    methods = result["methods"]
+    table = result["methods"]
     runs = work / "runs"
     # --- CromSS audits
-    for variant in ("CromSS-midF", "CromSS-lateF"):
+    for variant in ("CromSS-midF", "CromSS-lateF") if "cromss" in methods else ():
         run, train_s = pretrain_run(root, runs, variant, VARIANTS[variant], s)
         for thresholds in ("dataset", "batch"):
             audit_dir = work / "audits" / f"{variant}-{thresholds}"
@@ -376,17 +372,35 @@ def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_
                 if key == "mean":
                     entry["spearman_samples"] = table_spearman(audit_dir, pixels)
                     entry |= flag_metrics(score >= 0.5, wrong)
-                methods[f"{variant} audit {key} ({thresholds} thresholds)"] = entry
-            aucs = {k: methods[f"{variant} audit {k} ({thresholds} thresholds)"]["auc"] for k in scores}
+                table[f"{variant} audit {key} ({thresholds} thresholds)"] = entry
+            aucs = {k: table[f"{variant} audit {k} ({thresholds} thresholds)"]["auc"] for k in scores}
             log(f"[{tag}] {variant} {thresholds}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
     # --- in-sample single-modal S2: self-confidence
-    run, train_s = pretrain_run(root, runs, "single-S2", VARIANTS["single-S2"], s)
-    started = time.perf_counter()
-    probs = predict(run, root, ["train", "val"])
-    p_label = {n: np.take_along_axis(probs[n]["s2"], np.where(pixels.labels[n] == 255, 0, pixels.labels[n])[None],
-                                     0)[0] for n in pixels.names}
-    methods["self-confidence, single-S2 in-sample"] = exact_metrics(1 - pixels.flatten(p_label), wrong) | {
-        "seconds": round(train_s + time.perf_counter() - started, 1)}
+    if "self" in methods:
+        run, train_s = pretrain_run(root, runs, "single-S2", VARIANTS["single-S2"], s)
+        started = time.perf_counter()
+        probs = predict(run, root, ["train", "val"])
+        p_label = {n: np.take_along_axis(probs[n]["s2"], np.where(pixels.labels[n] == 255, 0, pixels.labels[n])[None],
+                                         0)[0] for n in pixels.names}
+        table["self-confidence, single-S2 in-sample"] = exact_metrics(1 - pixels.flatten(p_label), wrong) | {
+            "seconds": round(train_s + time.perf_counter() - started, 1)}
+    if "cleanlab" in methods:
+        kfold_cleanlab(table, root, work, pixels, s, log, tag)
+    for key, score in (extra_scores or {}).items():
+        table[key] = exact_metrics(pixels.flatten({n: score[n] for n in pixels.names}), wrong)
+    return result
+
+
+def kfold_cleanlab(table: dict[str, Any], root: Path, work: Path, pixels: Pixels, s: dict[str, Any], log: Any,
+                   tag: str) -> None:
+    """cleanlab on out-of-sample probabilities of K single-modal S2 U-Nets (folds by location)."""
+    import cleanlab.rank
+    import cleanlab.segmentation.filter
+    import cleanlab.segmentation.rank
+    from scipy.stats import spearmanr
+
+    wrong, runs = pixels.wrong, work / "runs"
+    methods = table
     # --- K-fold out-of-sample single-modal S2 + cleanlab
     locations = sorted({r["location"] for r in pixels.rows})
     order = np.random.default_rng(0).permutation(len(locations))
@@ -426,9 +440,6 @@ def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_
         flag_metrics(flags, wrong) | {"seconds": round(kfold_s + time.perf_counter() - started, 1)}
     pixel_key = f"cleanlab pixel scores, {s['folds']}-fold S2"
     log(f"[{tag}] cleanlab {s['folds']}-fold: pixel AUC {methods[pixel_key]['auc']:.3f}")
-    for key, score in (extra_scores or {}).items():
-        methods[key] = exact_metrics(pixels.flatten({n: score[n] for n in pixels.names}), wrong)
-    return result
 
 
 # ----------------------------------------------------------------------------- downstream
@@ -582,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locations", type=int, help="demo locations (x 4 seasons)")
     parser.add_argument("--folds", type=int, help="K of the K-fold cross-validation (default 5)")
     parser.add_argument("--parts", default="demo20,demo40,floods,downstream,cost")
+    parser.add_argument("--methods", default=",".join(METHODS), help="of " + ",".join(METHODS))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     import torch
@@ -589,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     s = settings(args.toy, args.epochs, args.locations, args.folds)
     parts = args.parts.split(",")
+    methods = tuple(args.methods.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
@@ -605,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             generic, _ = demo_dataset(args.out / "data", s, rate)
             results["datasets"][f"demo-{round(100 * rate)}%"] = evaluate_dataset(
-                f"demo-{round(100 * rate)}%", generic, args.out / part, s)
+                f"demo-{round(100 * rate)}%", generic, args.out / part, s, methods=methods)
             wall[part] = round(time.perf_counter() - started, 1)
             save()
     if "floods" in parts:
@@ -619,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
             root, ndwi = floods_dataset(root, s["floods_tile"])
             results["datasets"]["sen1floods11"] = evaluate_dataset(
                 "sen1floods11", root, args.out / "floods", s | {"epochs": s["floods_epochs"]},
-                extra_scores={"NDWI-margin ceiling (1 - abs NDWI rank)": {n: -np.abs(v) for n, v in ndwi.items()}})
+                extra_scores={"NDWI-margin ceiling (-abs NDWI)": {n: -np.abs(v) for n, v in ndwi.items()}},
+                methods=methods)
             wall["floods"] = round(time.perf_counter() - started, 1)
             save()
     if "downstream" in parts:
