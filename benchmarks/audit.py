@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 CHIP = ROOT.parent / "shared" / "data" / "sen1floods11" / "Spain_7370579"
 S2_NAMES = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
 TOP = (1.0, 5.0, 10.0)
-METHODS = ("cromss", "self", "cleanlab")
+METHODS = ("cromss", "self", "cleanlab", "cromss-kfold")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -313,13 +313,15 @@ class Pixels:
         return np.concatenate([maps[n][self.keep[n]] for n in self.names])
 
 
-def audit_scores(audit_dir: Path, pixels: Pixels, modalities: list[str]) -> dict[str, np.ndarray]:
-    """Per-pixel scores read back from the audit's score maps; combined scores recomputed from the bands."""
+def audit_scores(audit_dir: Path | dict[str, Path], pixels: Pixels, modalities: list[str]) -> dict[str, np.ndarray]:
+    """Per-pixel scores read back from the audit's score maps (one folder, or a folder per sample name);
+    combined scores recomputed from the bands."""
     import rasterio
 
     per: dict[str, dict[str, np.ndarray]] = {m: {} for m in modalities}
     for name in pixels.names:
-        with rasterio.open(audit_dir / "scores" / f"{name}.tif") as src:
+        folder = audit_dir[name] if isinstance(audit_dir, dict) else audit_dir
+        with rasterio.open(folder / "scores" / f"{name}.tif") as src:
             data = src.read()
         for i, m in enumerate(modalities):
             per[m][name] = data[1 + i]
@@ -331,6 +333,47 @@ def audit_scores(audit_dir: Path, pixels: Pixels, modalities: list[str]) -> dict
         out["max"] = stack.max(0)
         out["min"] = stack.min(0)
     return out
+
+
+def validation_mask(audit_dir: Path, pixels: Pixels) -> np.ndarray:
+    """Per flattened pixel: whether its sample was in the audited run's validation split (ranking.csv)."""
+    with (audit_dir / "ranking.csv").open(newline="") as handle:
+        split = {name_of(r): r["split"] for r in csv.DictReader(handle)}
+    return pixels.flatten({n: np.full(pixels.keep[n].shape, split[n] == "val") for n in pixels.names})
+
+
+def folds_of(pixels: Pixels, k: int) -> list[set[str]]:
+    """K folds of the locations (seeded): the same folds for every K-fold method."""
+    locations = sorted({r["location"] for r in pixels.rows})
+    order = np.random.default_rng(0).permutation(len(locations))
+    return [set(locations[i] for i in order[j::k]) for j in range(k)]
+
+
+def kfold_cromss(table: dict[str, Any], root: Path, work: Path, pixels: Pixels, s: dict[str, Any], log: Any,
+                 tag: str) -> None:
+    """The audit out of sample: CromSS-lateF trained on K-1 folds audits the held-out fold
+    (`cromss audit RUN_k --data FOLD_k --splits test`; thresholds over that fold)."""
+    from cromss.audit import AuditOptions, run_audit
+
+    dirs: dict[str, Path] = {}
+    seconds = 0.0
+    for k, held in enumerate(folds_of(pixels, s["folds"])):
+        fold_root = fold_dataset(root, work / "folds" / f"fold{k}", held)
+        run, train_s = pretrain_run(fold_root, work / "runs", f"CromSS-lateF-fold{k}", VARIANTS["CromSS-lateF"], s)
+        audit_dir = work / "audits" / f"CromSS-lateF-fold{k}"
+        if not (audit_dir / "audit.json").is_file():
+            run_audit(run, audit_dir, AuditOptions(data=str(fold_root), splits=["test"], progress=False,
+                                                   overwrite=True, panels=0))
+        seconds += train_s + json.loads((audit_dir / "audit.json").read_text())["seconds"]["total"]
+        for name in pixels.names:
+            if (audit_dir / "scores" / f"{name}.tif").is_file():
+                dirs[name] = audit_dir
+    scores = audit_scores(dirs, pixels, ["s1", "s2"])
+    for key, score in scores.items():
+        table[f"CromSS-lateF audit {key}, {s['folds']}-fold (out of sample)"] = exact_metrics(score, pixels.wrong) \
+            | {"seconds": round(seconds, 1)}
+    key = f"CromSS-lateF audit mean, {s['folds']}-fold (out of sample)"
+    log(f"[{tag}] CromSS-lateF {s['folds']}-fold: mean {table[key]['auc']:.3f}")
 
 
 def table_spearman(audit_dir: Path, pixels: Pixels) -> float:
@@ -361,17 +404,19 @@ def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_
         run, train_s = pretrain_run(root, runs, variant, VARIANTS[variant], s)
         for thresholds in ("dataset", "batch"):
             audit_dir = work / "audits" / f"{variant}-{thresholds}"
-            started = time.perf_counter()
             if not (audit_dir / "audit.json").is_file():
                 run_audit(run, audit_dir, AuditOptions(data=str(root), thresholds=thresholds, progress=False,
                                                        overwrite=True, panels=0))
-            audit_s = time.perf_counter() - started
+            audit_s = json.loads((audit_dir / "audit.json").read_text())["seconds"]["total"]
             scores = audit_scores(audit_dir, pixels, ["s1", "s2"])
+            held_out = validation_mask(audit_dir, pixels)
             for key, score in scores.items():
                 entry = exact_metrics(score, wrong) | {"seconds": round(train_s + audit_s, 1)}
                 if key == "mean":
                     entry["spearman_samples"] = table_spearman(audit_dir, pixels)
                     entry |= flag_metrics(score >= 0.5, wrong)
+                    # the run's own validation locations were never trained on: out of sample
+                    entry["auc_validation_locations"] = exact_metrics(score[held_out], wrong[held_out])["auc"]
                 table[f"{variant} audit {key} ({thresholds} thresholds)"] = entry
             aucs = {k: table[f"{variant} audit {k} ({thresholds} thresholds)"]["auc"] for k in scores}
             log(f"[{tag}] {variant} {thresholds}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
@@ -386,6 +431,8 @@ def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_
             "seconds": round(train_s + time.perf_counter() - started, 1)}
     if "cleanlab" in methods:
         kfold_cleanlab(table, root, work, pixels, s, log, tag)
+    if "cromss-kfold" in methods:
+        kfold_cromss(table, root, work, pixels, s, log, tag)
     for key, score in (extra_scores or {}).items():
         table[key] = exact_metrics(pixels.flatten({n: score[n] for n in pixels.names}), wrong)
     return result
@@ -402,9 +449,7 @@ def kfold_cleanlab(table: dict[str, Any], root: Path, work: Path, pixels: Pixels
     wrong, runs = pixels.wrong, work / "runs"
     methods = table
     # --- K-fold out-of-sample single-modal S2 + cleanlab
-    locations = sorted({r["location"] for r in pixels.rows})
-    order = np.random.default_rng(0).permutation(len(locations))
-    folds = [set(locations[i] for i in order[k::s["folds"]]) for k in range(s["folds"])]
+    folds = folds_of(pixels, s["folds"])
     oos: dict[str, np.ndarray] = {}
     kfold_s = 0.0
     for k, held in enumerate(folds):
@@ -557,13 +602,16 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"### {tag}: {block['samples']} samples, {block['pixels']:,} labelled pixels, "
                   f"{100 * block['wrong_fraction']:.1f} % wrong", "",
                   "| method | ROC-AUC | AP | P@1 % | P@5 % | P@10 % | flagged (score ≥ 0.5): fraction / precision / recall "
-                  "| Spearman (samples) | wall s |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+                  "| Spearman (samples) | AUC on the run's validation locations | wall s |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
         for name, m in block["methods"].items():
             flagged = (f"{m['flagged_fraction']:.3f} / {m['precision']:.3f} / {m['recall']:.3f}"
                        if m.get("precision") is not None else "")
             spearman = f"{m['spearman_samples']:.3f}" if m.get("spearman_samples") is not None else ""
             lines.append(f"| {name} | {m['auc']:.3f} | {m['ap']:.3f} | {m['p@1%']:.3f} | {m['p@5%']:.3f} | "
-                         f"{m['p@10%']:.3f} | {flagged} | {spearman} | {m.get('seconds', '')} |")
+                         f"{m['p@10%']:.3f} | {flagged} | {spearman} | "
+                         f"{format(m['auc_validation_locations'], '.3f') if m.get('auc_validation_locations') else ''} | "
+                         f"{m.get('seconds', '')} |")
         lines.append("")
     if "downstream" in results:
         d = results["downstream"]

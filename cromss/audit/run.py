@@ -1,18 +1,20 @@
 """``cromss audit RUN --out DIR``: score every labelled pixel of a dataset with a pretrained run.
 
-Two streaming passes over the data (constant memory, whatever the number of samples):
+Streaming passes over the data (constant memory, whatever the number of samples):
 
 1. **score** — the run's final network predicts every sample whole (no crop, no augmentation, every
-   timestamp); per modality the enhanced label confidence of eqs. (8)-(10) is quantised to 16 bits and
-   counted into one histogram per class, and kept with the consensus class and ``p_y`` in a scratch
-   file per sample (about 7 bytes per pixel for two modalities; deleted at the end);
-2. **write** — the per-class thresholds of eq. (11) are read off the histograms (the ``k_c``-th largest
-   confidence of class ``c`` over the WHOLE dataset, ``alpha = alpha0``: the end of the ramp), and every
-   sample's ``W_l`` and scores become its score map, its row of the ranked table, the reference metrics
-   and, with ``--clean``, its cleaned label.
+   timestamp); per modality the enhanced label confidence of eqs. (8)-(10) is counted into the first
+   radix histogram of :class:`~cromss.audit.scoring.DatasetThresholds` and kept, with ``p_y`` and the
+   consensus class, in a scratch file per sample (float32 confidences: about 14 bytes per pixel for two
+   modalities, deleted as they are used);
+2. **thresholds** — a second read of the scratch files gives the exact ``k_c``-th largest confidence of
+   every class over the WHOLE dataset (``alpha = alpha0``: the end of the ramp);
+3. **write** — every sample's ``W_l`` and scores become its score map, its row of the ranked table, the
+   reference metrics and, with ``--clean``, its cleaned label.
 
-Everything is written into a temporary sibling folder that replaces ``DIR`` only when the audit is
-complete: an interrupted audit leaves no half output (and an earlier audit untouched).
+The model runs once per sample; the other passes only read the scratch files. Everything is written into
+a temporary sibling folder that replaces ``DIR`` only when the audit is complete: an interrupted audit
+leaves no half output (and an earlier audit untouched).
 """
 
 from __future__ import annotations
