@@ -357,7 +357,8 @@ def run_section(run: Path, extra_images: Sequence[Path] = ()) -> str:
 
 
 def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "CromSS report",
-                 table: str | Path | None = None, images: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
+                 table: str | Path | None = None, images: Sequence[str | Path] = (),
+                 audits: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
     """Write the self-contained HTML report of ``runs`` to ``out``.
 
     Args:
@@ -366,6 +367,8 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "Crom
         title: page title.
         table: optional ``cromss table`` markdown file (shown as the metric table).
         images: extra PNG files or folders of PNGs (e.g. ``cromss analyze`` outputs kept elsewhere).
+        audits: ``cromss audit`` folders to add as sections (a run folder's own ``RUN/audit/`` is added
+            without being named).
         overwrite: replace an existing ``out`` (refused otherwise, before anything is read: the
             rule of every output file, :func:`cromss.outputs.check_output_file`).
     """
@@ -399,6 +402,10 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "Crom
                     + markdown_table_html(read_text(table_path, "metric table")) + "</section>")
     for index, run in enumerate(run_paths):
         body.append(run_section(run, extra if index == 0 and len(run_paths) == 1 else ()))
+    from cromss.audit.panels import audit_section, find_audit
+
+    for audit in dict.fromkeys([*(Path(a) for a in audits), *filter(None, (find_audit(r) for r in run_paths))]):
+        body.append(audit_section(audit))
     if extra and len(run_paths) != 1:
         body.append('<section class="run"><h2>figures</h2><div class="grid">'
                     + "".join(_img(_file_png(p), p.name) for p in extra) + "</div></section>")

@@ -19,7 +19,7 @@ from cromss import __version__
 from cromss.errors import CromssError
 
 #: Subcommand modules, in --help order. A module missing here is simply not offered.
-GROUPS = ("data", "fetch", "pretrain", "export", "finetune", "analyze", "predict", "experiment", "demo")
+GROUPS = ("data", "fetch", "pretrain", "export", "finetune", "analyze", "predict", "audit", "experiment", "demo")
 
 
 class UsageError(CromssError):

@@ -116,6 +116,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replace an existing --out file (without it an existing file is refused)")
     r.add_argument("--table", help="metric table markdown written by `cromss table`")
     r.add_argument("--images", nargs="*", default=[], help="extra PNG files or folders to embed")
+    r.add_argument("--audit", nargs="*", default=[], metavar="DIR", help="`cromss audit` folders to add "
+                   "(worst samples, metrics); a run's own RUN/audit/ is added by itself")
     r.set_defaults(func=run_report)
 
 
@@ -347,6 +349,6 @@ def run_report(args: argparse.Namespace) -> int:
     from cromss.report import build_report
 
     path = build_report(args.runs, args.out, title=args.title, table=args.table, images=args.images,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, audits=args.audit)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -346,13 +346,20 @@ def label_nodata_value(nodata: Any, label_values: Mapping[int, int], label_nodat
     return value
 
 
-def inside(root: Path, relative: str, what: str) -> Path:
-    """``root / relative``, refusing absolute paths and paths that leave ``root``."""
+def inside(root: Path, relative: str, what: str, allow_absolute: bool = False) -> Path:
+    """``root / relative``, refusing paths that leave ``root`` with ``..``.
+
+    ``allow_absolute``: an absolute path is taken as it is (the sample table of a dataset that references
+    files kept elsewhere, e.g. the images of a ``cromss audit --clean`` dataset); else it is refused.
+    """
     if relative.strip() == "":
         raise DataError(f"{what}: empty path")
     path = Path(relative)
+    if path.is_absolute() and allow_absolute and ".." not in path.parts:
+        return path
     if path.is_absolute() or ".." in path.parts:
-        raise DataError(f"{what}: path {relative!r} must be relative to {root} and stay inside it")
+        also = " (or be an absolute path)" if allow_absolute else ""
+        raise DataError(f"{what}: path {relative!r} must be relative to {root} and stay inside it{also}")
     return root / path
 
 
@@ -407,11 +414,12 @@ def read_samples(description: DatasetDescription, check_files: bool = True) -> l
         for modality in description.modalities:
             if not row.get(modality):
                 raise DataError(f"{where} ({location}): no {modality} file (every row needs every modality)")
-            images[modality] = inside(root, row[modality], f"{where}: {modality}")
+            images[modality] = inside(root, row[modality], f"{where}: {modality}", allow_absolute=True)
         if not row.get("label"):
             raise DataError(f"{where} ({location}): no label file")
-        label = inside(root, row["label"], f"{where}: label")
-        reference = inside(root, row["reference"], f"{where}: reference") if row.get("reference") else None
+        label = inside(root, row["label"], f"{where}: label", allow_absolute=True)
+        reference = (inside(root, row["reference"], f"{where}: reference", allow_absolute=True)
+                     if row.get("reference") else None)
         if check_files:
             for what, file in [*images.items(), ("label", label), ("reference", reference)]:
                 if file is not None and not file.is_file():
