@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/cromss demo --out $(DEMO_DIR)
 
+# 2 pytest-xdist workers with one torch thread each (docs/architecture.md, "Tests"); TEST_WORKERS=0 runs serially
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	$(BIN)/ruff check cromss tests benchmarks
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
 
 # docs/results.md: Tables V, VI and the noise sweep on controlled-noise demo data (the run in docs/results.md took 41 min on 2 idle cores;
 # finished cells are skipped, so it resumes). Tables land in runs/experiments/demo/*.md.

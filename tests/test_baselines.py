@@ -424,17 +424,15 @@ def test_baseline_configs_reproduce_the_paper_settings(path: Path) -> None:
     assert cfg.title == expected_title
 
 
-def test_end_to_end_cli_finetune_evaluate_table(tmp_path: Path, capsys) -> None:
+def test_end_to_end_cli_finetune_evaluate_table(tmp_path: Path, capsys, dw_demo_64: Path) -> None:
     """`cromss finetune` with a baseline file, `cromss evaluate` of its checkpoint, `cromss table` row name."""
-    demo = pytest.importorskip("cromss.data.demo")
     from cromss.cli import main
 
-    demo.make_demo(tmp_path / "demo", locations=2, size=64, seed=0, dw_train=6, dw_test=2, layouts=("lmdb",))
     weights = write_satmae(tmp_path / "satmae.pth")
     torch.manual_seed(0)
     code = main([
         "finetune", "--config", str(CONFIGS / "dw-satmae.yaml"), "--encoder", str(weights), "--seeds", "1",
-        "--frozen", f"output_dir={tmp_path / 'runs'}", f"data.root={tmp_path / 'demo' / 'dw'}", "epochs=1",
+        "--frozen", f"output_dir={tmp_path / 'runs'}", f"data.root={dw_demo_64}", "epochs=1",
         "data.batch_size=2", "data.crop_size=32", "data.num_workers=0", "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu", "vit.embed_dim=32", "vit.depth=4", "vit.num_heads=2", "vit.channel_embed=8",
         "vit.out_indices=[0,1,2,3]",
@@ -444,12 +442,12 @@ def test_end_to_end_cli_finetune_evaluate_table(tmp_path: Path, capsys) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["encoder_title"] == "satMAE (10B)" and metrics["weights_info"]["baseline"] == "satmae"
     out_json = tmp_path / "eval.json"
-    assert main(["evaluate", str(run), "--data", str(tmp_path / "demo" / "dw"), "--out", str(out_json)]) == 0
+    assert main(["evaluate", str(run), "--data", str(dw_demo_64), "--out", str(out_json)]) == 0
     assert json.loads(out_json.read_text())["confusion"] == metrics["confusion"]  # rebuilt from its config
     assert main(["table", str(tmp_path / "runs" / "dw-deeplabv3plus")]) == 0
     assert "| satMAE (10B) |" in capsys.readouterr().out
     # a ResNet file given for a ViT baseline: one line, exit status 2
     assert main(["finetune", "--config", str(CONFIGS / "dw-dofa.yaml"), "--encoder", str(tmp_path / "satmae.pth"),
-                 f"data.root={tmp_path / 'demo' / 'dw'}", "vit.embed_dim=32", "vit.depth=4", "vit.num_heads=2",
+                 f"data.root={dw_demo_64}", "vit.embed_dim=32", "vit.depth=4", "vit.num_heads=2",
                  "vit.out_indices=[0,1,2,3]"]) == 2
     assert "not a DOFA checkpoint" in capsys.readouterr().err

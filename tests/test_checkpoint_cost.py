@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import TINY_ENCODER
 
 from cromss.checkpoints import AtomicCheckpointIO
 from cromss.config import from_dict
@@ -28,7 +29,7 @@ def _config(root: Path, out: Path, **trainer) -> PretrainConfig:
         "name": "ckpt", "seed": 5, "output_dir": str(out),
         "data": {"kind": "nol", "root": str(root), "crop_size": 32, "batch_size": 2, "val_fraction": 0.2,
                  "eval_seasons": "first", "eval_crop": 32},
-        "model": {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8]},
+        "model": {"encoder": TINY_ENCODER, "decoder_channels": [16, 16, 8, 8, 8]},
         "method": {"rampup_epochs": 2},
         "optim": {"scheduler": "none"},
         "trainer": {"max_epochs": 5, "limit_train_batches": 2, "progress_bar": False, "num_sanity_val_steps": 0,

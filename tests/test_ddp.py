@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures import TINY_ENCODER
 
 
+@pytest.mark.over_budget(reason="a 2-rank DDP launch: two interpreters and the gloo start-up")
+@pytest.mark.xdist_group("ddp")
 @pytest.mark.slow
 def test_two_process_ddp_pretraining(tmp_path: Path):
     from cromss.data.demo import make_demo
@@ -21,7 +24,7 @@ def test_two_process_ddp_pretraining(tmp_path: Path):
         "name": "ddp", "seed": 1, "output_dir": str(tmp_path / "runs"),
         "data": {"kind": "nol", "root": str(tmp_path / "demo" / "nol"), "crop_size": 32, "batch_size": 2,
                  "val_fraction": 0.34, "eval_seasons": "first"},
-        "model": {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8]},
+        "model": {"encoder": TINY_ENCODER, "decoder_channels": [16, 16, 8, 8, 8]},
         "method": {"rampup_epochs": 1},
         "trainer": {"max_epochs": 1, "limit_train_batches": 2, "progress_bar": False, "num_sanity_val_steps": 0,
                     "log_every_n_steps": 1},

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fixtures import TINY_ENCODER
 
 from cromss.config import from_dict
 from cromss.errors import ConfigError
@@ -35,9 +36,10 @@ def tiny_experiment(tmp_path, **changes) -> ExperimentConfig:
         "pretrain": {"base": "configs/demo/pretrain-cromss-midf.yaml", "overrides": [
             "data.crop_size=32", "data.batch_size=2", "data.val_fraction=0.25", "trainer.max_epochs=1",
             "trainer.limit_train_batches=1", "method.rampup_epochs=1", "model.decoder_channels=[16,16,8,8,8]",
+            f"model.encoder={TINY_ENCODER}",
         ]},
         "finetune": {"base": "configs/demo/finetune-dw.yaml", "overrides": [
-            "epochs=1", "data.batch_size=2", "data.crop_size=32", "encoder=resnet18",
+            "epochs=1", "data.batch_size=2", "data.crop_size=32", f"encoder={TINY_ENCODER}",
             "trainer.enable_progress_bar=false", "trainer.limit_train_batches=1",
         ], "seeds": 1, "modes": ["frozen"], "random": False},
         "variants": [{"name": "CromSS-midF", "overrides": ["model.fusion=mid"], "transfer": ["s2"]}],
@@ -195,6 +197,8 @@ def test_record_differences_tolerates_new_keys_at_none_only():
     assert record_differences({"a": [1, 2]}, {"a": [1, 3]}) == ["a"]
 
 
+@pytest.mark.over_budget(reason="`--workers 2`: two worker processes (each imports torch and Lightning) share "
+                                "the data, pretraining and two fine-tuning cells")
 def test_workers_run_each_cell_once(tmp_path, capfd):
     """--workers 2: two processes share one cell store; every cell runs exactly once, the table is whole."""
     import re

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from fixtures import TINY_ENCODER
 from generic_data import S2_NAMES, make_synthetic, tile_sen1floods11, write_samples
 
 from cromss.data import DataConfig, build_dataset
@@ -175,7 +176,7 @@ def test_pretrain_mid_fusion_on_the_real_chip_reports_noise_auc(chip_root, tmp_p
     config = {
         "name": "chip-midf", "output_dir": str(tmp_path / "runs"),
         "data": {"kind": "generic", "root": str(chip_root), "crop_size": 64, "batch_size": 4, "val_fraction": 0.25},
-        "model": {"encoder": "resnet18", "fusion": "mid", "decoder_channels": [16, 16, 16, 16, 16]},
+        "model": {"encoder": TINY_ENCODER, "fusion": "mid", "decoder_channels": [16, 16, 16, 16, 16]},
         "method": {"rampup_epochs": 1},
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1, "limit_train_batches": 2,
                     "num_sanity_val_steps": 0, "progress_bar": False, "log_every_n_steps": 1},

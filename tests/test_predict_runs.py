@@ -12,6 +12,7 @@ import rasterio
 import torch
 import yaml
 from conftest import SHARED_DIR
+from fixtures import TINY_ENCODER
 from generic_data import S2_NAMES, tile_sen1floods11
 
 from cromss.cli import main
@@ -109,7 +110,7 @@ def chip_run(tmp_path_factory):
         "name": "chip", "output_dir": str(tmp / "runs"),
         "data": {"kind": "generic", "root": str(root), "crop_size": 64, "batch_size": 4, "val_fraction": 0.25,
                  "class_colors": ["#d0d0d0", "#1060ff"]},
-        "model": {"encoder": "resnet18", "fusion": "mid", "decoder_channels": [16, 16, 16, 16, 16]},
+        "model": {"encoder": TINY_ENCODER, "fusion": "mid", "decoder_channels": [16, 16, 16, 16, 16]},
         "method": {"rampup_epochs": 1},
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "limit_train_batches": 2,
                     "limit_val_batches": 1, "num_sanity_val_steps": 0, "progress_bar": False,

@@ -65,6 +65,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
     assert not path.with_name(path.name + TEMP_SUFFIX).exists()
 
 
+@pytest.mark.over_budget(reason="two writer processes (torch and Lightning imported) killed mid-stream")
 def test_kill_during_writes_never_leaves_a_truncated_checkpoint(tmp_path):
     """A writer process saving ~8 MB checkpoints in a loop is SIGKILLed mid-stream (twice)."""
     path = tmp_path / "last.ckpt"

@@ -30,12 +30,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def demo_dw(tmp_path_factory) -> Path:
-    from cromss.data.demo import make_demo
-
-    out = tmp_path_factory.mktemp("demo")
-    make_demo(out, locations=2, size=64, seed=0, dw_train=6, dw_test=2, layouts=("lmdb",))
-    return out / "dw"
+def demo_dw(dw_demo_64) -> Path:
+    return dw_demo_64  # read-only, shared with other files (tests/fixtures.py)
 
 
 def _args(demo_dw: Path, out: Path, *extra: str) -> list[str]:

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from fixtures import TINY_ENCODER
 
 from cromss import schema
 from cromss.errors import CromssError
@@ -60,7 +61,7 @@ def tiny_module():
         PretrainConfig,
         {
             "data": {"kind": "nol", "root": "unused", "crop_size": None},
-            "model": {"encoder": "resnet18", "decoder_channels": [8, 8, 8, 8, 8]},
+            "model": {"encoder": TINY_ENCODER, "decoder_channels": [8, 8, 8, 8, 8]},
             "method": {"rampup_epochs": 1},
         },
     )
@@ -247,6 +248,8 @@ def _run_case(module, root: Path, collate) -> str:
     return "ok"
 
 
+@pytest.mark.over_budget(reason="at least 40 seeded mutations, each read in full and run through the loss: the "
+                                "count is what the test is about")
 def test_fuzz_geotiff_tree_through_readers_and_loss(clean_tree, tiny_module, tmp_path):
     from torch.utils.data import default_collate
 

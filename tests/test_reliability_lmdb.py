@@ -14,6 +14,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from fixtures import TINY_ENCODER
 
 from cromss.cli import main as cli_main
 from cromss.data.readers import LmdbReader, read_checksums, write_lmdb
@@ -80,7 +81,7 @@ def test_truncated_data_mdb_is_a_one_line_error_not_sigbus(nol, tmp_path):
     assert f"LMDB {nol / 'dw_labels.lmdb'}: data.mdb is truncated (8192 bytes, its metadata needs" in line
     config = tmp_path / "cfg.yaml"
     config.write_text(f"data: {{kind: nol, root: {nol}, crop_size: 32, batch_size: 2, val_fraction: 0.34}}\n"
-                      f"model: {{encoder: resnet18}}\noutput_dir: {tmp_path / 'runs'}\n")
+                      f"model: {{encoder: {TINY_ENCODER}}}\noutput_dir: {tmp_path / 'runs'}\n")
     result = subprocess.run([sys.executable, "-m", "cromss", "pretrain", "--config", str(config),
                              "trainer.accelerator=cpu", "trainer.max_epochs=1"], capture_output=True, text=True,
                             timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))

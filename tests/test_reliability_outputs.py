@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures import TINY_ENCODER
 from torch import nn
 
 from cromss.cli import main as cli_main
@@ -31,8 +32,8 @@ def _one_line(err: str) -> str:
 
 
 def _fake_run(tmp_path: Path) -> Path:
-    """A pretrain run folder holding a tiny CromSS checkpoint (resnet18, mid fusion)."""
-    cfg = ModelConfig(encoder="resnet18", decoder_channels=[16, 16, 8, 8, 8])
+    """A pretrain run folder holding a tiny CromSS checkpoint (the tiny encoder, mid fusion; 1.5 MB per encoder)."""
+    cfg = ModelConfig(encoder=TINY_ENCODER, decoder_channels=[16, 16, 8, 8, 8])
     holder = nn.Module()
     holder.net = build_model(cfg)
     config = {"model": to_dict(cfg), "data": {"kind": "nol"}, "seed": 0}

@@ -20,6 +20,10 @@ from cromss.data.stream import META_FILE
 from cromss.data.stream_convert import convert_to_stream
 from tests.generic_data import make_synthetic
 
+# litdata.optimize starts its worker and that worker's helper in fresh (spawned) interpreters that import torch:
+# about 5 s per converted split, whatever the data size
+LITDATA_SPAWNS = "litdata's optimize spawns two fresh interpreters (torch imported) for every split it converts"
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -41,6 +45,7 @@ def _same_eval_samples(stream_cfg: DataConfig, source_cfg: DataConfig, split: st
     return len(source)
 
 
+@pytest.mark.over_budget(reason=LITDATA_SPAWNS)
 @pytest.mark.parametrize(("kind", "fmt"), [("nol", "lmdb"), ("nol", "geotiff"), ("dw", "auto")])
 def test_convert_builtin_kinds(demo, tmp_path, kind, fmt):
     source = DataConfig(kind=kind, root=str(demo), format=fmt, val_fraction=0.3, seed=2)
@@ -63,6 +68,7 @@ def test_convert_builtin_kinds(demo, tmp_path, kind, fmt):
     assert sample["label"].dtype == torch.uint8
 
 
+@pytest.mark.over_budget(reason=LITDATA_SPAWNS)
 def test_convert_generic_keeps_description(tmp_path):
     root = make_synthetic(tmp_path / "g", {"opt": ["red", "nir"], "sar": ["vv"]}, ["a", "b", "c"], [2, 1, 3, 2],
                           size=16, seed=3, splits=["train", "train", "val", "test"])
@@ -98,6 +104,8 @@ def _log(path: Path) -> list[tuple[int, int, int, list[str]]]:
     return sorted(rows)
 
 
+@pytest.mark.over_budget(reason="three 2-rank DDP launches (straight, killed, resumed), 2 loader workers each")
+@pytest.mark.xdist_group("ddp")
 @pytest.mark.slow
 def test_ddp_stream_every_sample_once_and_kill9_resume(tmp_path):
     demo = make_demo(tmp_path / "demo", locations=20, size=32, dw_train=1, dw_test=1, seed=5, layouts=("lmdb",))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures import TINY_ENCODER
 
 from cromss.config import load_config, read_yaml
 from cromss.errors import ConfigError
@@ -18,7 +19,7 @@ from cromss.training import MethodConfig, PretrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
 DEMO_CONFIGS = sorted((ROOT / "configs" / "demo").glob("pretrain-*.yaml"))
-TINY_MODEL = {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8]}
+TINY_MODEL = {"encoder": TINY_ENCODER, "decoder_channels": [16, 16, 8, 8, 8]}
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +196,7 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 def tiny_config(demo_root: Path, out: Path, **trainer) -> PretrainConfig:
-    """A run that takes seconds: resnet18 at 32 px, 2 train batches per epoch."""
+    """A run that takes seconds: the tiny encoder at 32 px, 2 train batches per epoch."""
     from cromss.config import from_dict
 
     return from_dict(PretrainConfig, {

@@ -205,11 +205,8 @@ def test_table_cli_and_errors(tmp_path: Path, capsys) -> None:
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def demo_dw(tmp_path_factory) -> Path:
-    demo = pytest.importorskip("cromss.data.demo")
-    out = tmp_path_factory.mktemp("demo")
-    demo.make_demo(out, locations=2, size=64, seed=0, dw_train=6, dw_test=2, layouts=("lmdb",))
-    return out / "dw"
+def demo_dw(dw_demo_64) -> Path:
+    return dw_demo_64  # read-only, shared with other files (tests/fixtures.py)
 
 
 def test_end_to_end_finetune_evaluate_table(demo_dw: Path, tmp_path: Path, capsys) -> None:
