@@ -3,6 +3,11 @@
 Eqs. (8), (10) and (11) of the paper written out in numpy from their definitions (a per-class sort, read
 literally), without cromss.selection; the ROC-AUC and average precision are sklearn's. Tests compare the
 numbers cromss reports (``val/noise_auc_*`` of a pretraining run, ``measure_noise_detection``) with these.
+
+The arithmetic keeps the dtype of the probabilities it is given: float32 softmax outputs, as cromss computes
+them, give float32 weights. (In float64 the same confidences give a slightly different AUC for near-random
+networks: a confidence within float32 rounding of its class threshold gets w = 1 in float32, w = 1 - 1e-7 in
+float64, and with thousands of such ties the AUC moves by ~1e-3.)
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ def ramp_alpha(epoch: float, alpha0: float, rampup_epochs: float) -> float:
 def label_weights(conf: np.ndarray, labels: np.ndarray, alpha: float, num_classes: int) -> np.ndarray:
     """Eq. (11): per class c, threshold = the k_c-th largest confidence, k_c = max(1, floor(alpha N_c));
     w = min(1, f / threshold) (1 where the threshold is 0); 0 at ignored pixels."""
-    conf = np.asarray(conf, np.float64)
-    out = np.zeros(conf.shape, np.float64)
+    conf = np.asarray(conf)
+    one = conf.dtype.type(1.0)
+    out = np.zeros(conf.shape, conf.dtype)
     for c in range(num_classes):
         members = labels == c
         count = int(members.sum())
@@ -34,7 +40,7 @@ def label_weights(conf: np.ndarray, labels: np.ndarray, alpha: float, num_classe
         ranked = np.sort(conf[members])[::-1]
         k = min(count, max(1, math.floor(alpha * count + 1e-6)))
         threshold = ranked[k - 1]
-        out[members] = 1.0 if threshold <= 0 else np.minimum(1.0, conf[members] / threshold)
+        out[members] = one if threshold <= 0 else np.minimum(one, conf[members] / threshold)
     return out
 
 
@@ -49,11 +55,13 @@ def noise_scores(probs: Mapping[str, np.ndarray], labels: np.ndarray, alpha: flo
     safe = np.where(labelled, labels, 0)
     names = list(probs)
     num_classes = next(iter(probs.values())).shape[1]
-    conf = {m: np.where(labelled, np.take_along_axis(np.asarray(p, np.float64), safe[:, None], 1)[:, 0], 0.0)
+    dtype = np.asarray(next(iter(probs.values()))).dtype
+    conf = {m: np.where(labelled, np.take_along_axis(np.asarray(p), safe[:, None], 1)[:, 0], 0).astype(dtype)
             for m, p in probs.items()}
     if enhance and len(names) > 1:
-        conf = {m: conf[m] * (1.0 + np.mean([conf[o] for o in names if o != m], axis=0)) / 2.0 for m in names}
-    return {m: 1.0 - label_weights(conf[m], labels, alpha, num_classes) for m in names}
+        conf = {m: (conf[m] * (1 + np.mean([conf[o] for o in names if o != m], axis=0, dtype=dtype)) / 2
+                    ).astype(dtype) for m in names}
+    return {m: 1 - label_weights(conf[m], labels, alpha, num_classes) for m in names}
 
 
 def noise_auc(batches: Iterable[tuple[Mapping[str, np.ndarray], np.ndarray, np.ndarray]], alpha: float,
@@ -85,7 +93,7 @@ def noise_auc(batches: Iterable[tuple[Mapping[str, np.ndarray], np.ndarray, np.n
 
 def run_batches(run_dir, split_names: Iterable[str], batch_size: int, **data_changes):
     """``(probs, labels, truth)`` batches of a finished pretraining run's final network (``last.ckpt``) on
-    the given splits, in dataset order, ``batch_size`` samples at a time (numpy, float64 softmax)."""
+    the given splits, in dataset order, ``batch_size`` samples at a time (numpy; float32 softmax, as in cromss)."""
     import dataclasses
 
     import torch
@@ -107,6 +115,6 @@ def run_batches(run_dir, split_names: Iterable[str], batch_size: int, **data_cha
             inputs = {m: torch.stack([s[m] for s in samples]) for m in modalities}
             with torch.no_grad():
                 logits = net(inputs)
-            probs = {m: logits[m].double().softmax(1).numpy() for m in modalities}
+            probs = {m: logits[m].float().softmax(1).numpy() for m in modalities}
             yield (probs, torch.stack([s["label"] for s in samples]).numpy(),
                    torch.stack([s["label_true"] for s in samples]).numpy())
