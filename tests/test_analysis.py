@@ -114,17 +114,41 @@ def test_pca_curve_rejects_constant_features():
         pca_curve(np.ones((10, 3)))
 
 
-def test_stage_features_shapes():
+def test_stage_features_are_the_pooled_resnet_stages():
+    """Image level: the spatial means of torchvision's ResNet-18 stages (stem, layer1-4) with the encoder's
+    weights; pixel level: k distinct pixel vectors of each image's stage map."""
     import segmentation_models_pytorch as smp
+    import torchvision
 
+    torch.manual_seed(0)
     encoder = smp.encoders.get_encoder("resnet18", in_channels=3, depth=5, weights=None).eval()
+    reference = torchvision.models.resnet18(weights=None).eval()
+    missing = reference.load_state_dict(encoder.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["fc.bias", "fc.weight"]
     images = torch.randn(2, 3, 64, 64)
-    image_level = stage_features(encoder, images)
+    with torch.no_grad():
+        stem = reference.relu(reference.bn1(reference.conv1(images)))
+        maps = [stem]
+        x = reference.maxpool(stem)
+        for layer in (reference.layer1, reference.layer2, reference.layer3, reference.layer4):
+            x = layer(x)
+            maps.append(x)
+        image_level = stage_features(encoder, images)
+        pixel_level = stage_features(encoder, images, pixels_per_image=10,
+                                     generator=torch.Generator().manual_seed(0))
     assert [tuple(f.shape) for f in image_level] == [(2, 64), (2, 64), (2, 128), (2, 256), (2, 512)]
-    pixel_level = stage_features(encoder, images, pixels_per_image=10,
-                                 generator=torch.Generator().manual_seed(0))
-    # stage 5 of a 64 px image has 2x2 = 4 pixels per image
+    for got, stage in zip(image_level, maps):
+        torch.testing.assert_close(got, stage.mean(dim=(2, 3)), atol=1e-5, rtol=1e-5)
+    # stage 5 of a 64 px image has 2x2 = 4 pixels per image: all of them
     assert [tuple(f.shape) for f in pixel_level] == [(20, 64), (20, 64), (20, 128), (20, 256), (8, 512)]
+    for got, stage in zip(pixel_level, maps):
+        k = got.shape[0] // 2
+        for i in range(2):
+            pixels = stage[i].flatten(1).T  # [H * W, D]
+            distance = torch.cdist(got[i * k:(i + 1) * k], pixels, compute_mode="donot_use_mm_for_euclid_dist")
+            nearest = distance.argmin(dim=1)
+            assert float(distance.min(dim=1).values.max()) < 1e-4  # each row is a pixel of image i
+            assert len(set(nearest.tolist())) == k  # k distinct pixels
 
 
 # ----------------------------------------------------------------------------- glue: checkpoints, CLI
