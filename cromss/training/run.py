@@ -19,6 +19,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,15 @@ def _check_same_architecture(state: dict[str, Any], cfg: PretrainConfig, run_dir
         )
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Any] | None = None) -> dict[str, Any]:
     """Train one CromSS model as configured; return the summary (also written to summary.json).
 
     ``resume=True`` continues from ``<run>/checkpoints/last.ckpt`` (same seed and data order:
     the result equals an uninterrupted run on CPU). Without ``resume`` an existing run with a
     checkpoint is refused (pick another ``name`` or pass ``--resume``).
+
+    ``callbacks``: extra Lightning callbacks for the Trainer, after cromss's own (e.g. a profiler, an
+    early-stopping rule, or a test's fault injection); with DDP each rank must pass the same ones.
 
     The run folder is locked (``cromss.lock``: a second process stops at once) and append-only
     (:mod:`cromss.training.history`): a resume keeps ``config.yaml`` and the earlier rows of
@@ -138,7 +142,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     if _process_rank() != 0:  # DDP ranks > 0 write nothing; rank 0 holds the lock
         start_epoch = _start_epoch(cfg, resume, run_dir, last)
         _check_data(cfg, datamodule)
-        return _fit(cfg, resume, run_dir, last, start_epoch, None, datamodule)
+        return _fit(cfg, resume, run_dir, last, start_epoch, None, datamodule, callbacks)
     # folders this launch creates (output_dir too): removed again, if still empty, when a check fails
     created = [p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()]
     prepare_output_dir(run_dir, "run folder")
@@ -154,7 +158,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             _remove_if_empty(folder)
         raise
     try:
-        return _launch(cfg, resume, run_dir, last, start_epoch, datamodule)
+        return _launch(cfg, resume, run_dir, last, start_epoch, datamodule, callbacks)
     finally:
         lock.release()
 
@@ -197,7 +201,7 @@ def _start_epoch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path) -
 
 
 def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int,
-            datamodule: Any = None) -> dict[str, Any]:
+            datamodule: Any = None, extra_callbacks: Sequence[Any] | None = None) -> dict[str, Any]:
     """Rank 0, lock held, checks passed: record this launch's config, then train."""
     from cromss.outputs import atomic_write_bytes
     from cromss.training.history import next_launch, record_launch_config
@@ -212,7 +216,7 @@ def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_
     if changes:
         print(f"cromss pretrain --resume: config differs from the previous launch ({path} has the diff "
               f"{path.with_suffix('.diff').name}): " + "; ".join(changes))
-    return _fit(cfg, resume, run_dir, last, start_epoch, launch, datamodule)
+    return _fit(cfg, resume, run_dir, last, start_epoch, launch, datamodule, extra_callbacks)
 
 
 #: Messages of torch.distributed / gloo / NCCL when a peer process died in a collective.
@@ -231,7 +235,7 @@ def _peer_failed(err: BaseException) -> bool:
 
 
 def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int,
-         launch: int | None, datamodule: Any = None) -> dict[str, Any]:
+         launch: int | None, datamodule: Any = None, extra_callbacks: Sequence[Any] | None = None) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -269,6 +273,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         ))
     if cfg.trainer.progress_bar:
         callbacks.append(RichProgressBar())
+    callbacks.extend(extra_callbacks or ())
     loggers = [
         # continues metrics.csv across resumes (launch column), never deletes it
         append_csv_logger(run_dir, launch or 0),
