@@ -160,6 +160,8 @@ class CromSSModule(L.LightningModule):
         self._epoch_skipped_before: Tensor | None = None
         self._bn_saved: list[Tensor] | None = None
         self._skip_flag: Tensor | None = None
+        #: how a non-finite step is skipped: 'found_inf' (fused Adam) or 'scaler' (GradScaler); see _arm_skip
+        self.skip_mode = "found_inf"
 
     @property
     def skipped_steps(self) -> int:
@@ -299,12 +301,13 @@ class CromSSModule(L.LightningModule):
     def _arm_skip(self, skip: Tensor) -> None:
         """Hand the skip decision to the optimizer step (and on_after_backward) without a host read.
 
-        32-bit and bf16: the fused Adam reads ``optimizer.found_inf`` (as under GradScaler): 1 skips the
-        update of weights and moments on the device and reverts the step count. 16-mixed: GradScaler
-        owns ``found_inf``; :meth:`on_after_backward` makes the gradients NaN, so GradScaler skips.
+        'found_inf' (no GradScaler: 32-bit, bf16-mixed): the fused Adam reads
+        ``optimizer.found_inf`` (as under GradScaler): 1 skips the update of weights and moments on the
+        device and reverts the step count. 'scaler' (16-mixed with GradScaler): GradScaler owns
+        ``found_inf``; :meth:`on_after_backward` makes the gradients NaN, so GradScaler's own check skips.
         """
         self._skip_flag = skip
-        if self._trainer is None or self._uses_grad_scaler():
+        if self._trainer is None or self.skip_mode != "found_inf":
             return
         for optimizer in self.trainer.optimizers:
             optimizer.found_inf = skip.to(torch.float32)
@@ -314,7 +317,7 @@ class CromSSModule(L.LightningModule):
             return
         # after backward: batch_norm saved its running statistics for the backward pass (version check)
         self._keep_buffers_unless(self._skip_flag)
-        if not self._uses_grad_scaler():
+        if self.skip_mode != "scaler":
             return
         # 16-mixed: poison this step's gradients so that GradScaler's own inf check skips it
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -389,8 +392,8 @@ class CromSSModule(L.LightningModule):
         loss, terms = self.objective(logits, probs, targets, weights)
         ranks = self._nonfinite_ranks(loss)
         skip = ranks != 0
-        self._arm_skip(skip)  # the BatchNorm statistics are restored in on_after_backward
         self._record_skip(ranks, batch_idx)
+        self._arm_skip(skip)  # the BatchNorm statistics are restored in on_after_backward
         self._log_train(loss, terms, alpha, gamma, selection_ms, weights, labels, ~skip)
         return loss
 
@@ -479,13 +482,18 @@ class CromSSModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optim = self.cfg.optim
         factory = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
-        # fused: one kernel per step, and it reads `found_inf` (see _arm_skip) to skip a non-finite step
-        # on the device. Under 16-mixed GradScaler unscales inside a fused step, so Lightning cannot
-        # clip gradients before it: with gradient clipping the plain Adam is used there (then
-        # GradScaler reads its inf flag back once per step; docs/pretraining.md).
+        # fused: one kernel per step, and it reads `found_inf` (see _arm_skip) to skip a non-finite step on
+        # the device. With GradScaler (16-mixed on a GPU) and gradient clipping the plain Adam is used:
+        # GradScaler would unscale inside a fused step, after Lightning's clipping (docs/pretraining.md)
+        scaler = self._uses_grad_scaler()
         clip = self._trainer is not None and bool(self.trainer.gradient_clip_val)
-        fused = not (clip and self._trainer is not None and self._uses_grad_scaler())
+        fused = not (scaler and clip)
+        self.skip_mode = "scaler" if scaler else "found_inf"
         optimizer = factory(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
+        if not scaler:
+            # nothing is scaled, so nothing unscales inside the step: Lightning may clip gradients before
+            # it (it refuses to for optimizers that declare amp-scaling support, as fused ones do)
+            optimizer._step_supports_amp_scaling = False
         if optim.scheduler == "plateau":
             self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=optim.factor, patience=optim.patience)

@@ -16,22 +16,24 @@ them in a CPU run finds exactly the calls that would block on a GPU. What is cou
   ``LightningModule.log`` does with a Python float): a blocking host-to-device copy, which on CUDA
   synchronises the stream.
 
-Not counted: syncs inside C++ kernels of other operations (none in the CromSS step as far as the
-PyTorch sources say), and syncs of collectives (none: NCCL / gloo collectives queue on the stream).
-On CUDA :func:`count_cuda_syncs` adds PyTorch's own detector (``torch.cuda.set_sync_debug_mode``),
-which sees every synchronising CUDA call, counted or not.
+Each call is counted once (the mode is off while a torch function runs, so ``f"{t:g}"`` counts as one
+``__format__``, not also as the ``item`` inside it). Not seen: synchronisations made inside the C++
+code of other operations. On CUDA, :func:`count_cuda_syncs` adds PyTorch's own detector
+(``torch.cuda.set_sync_debug_mode``), which sees every synchronising CUDA call; benchmarks/gpu_check.py
+reports both.
 
 Use::
 
     counter = HostSyncCounter()
     with counter:                      # a TorchFunctionMode: sees every torch call of this thread
-        trainer.fit(module, datamodule, callbacks=[counter.window()])
-    counter.per_step()                 # conversions per training step, by origin
+        cromss.training.pretrain(cfg, callbacks=[counter.window()])   # or Trainer(callbacks=[...])
+    counter.per_step("cromss")         # counted calls per training step made by cromss code
 
 :meth:`HostSyncCounter.window` is a Lightning callback marking the phases of each training step
-(batch transfer + ``on_after_batch_transfer``, ``training_step`` to ``on_train_batch_end``); each
-event also records where it came from (the innermost cromss frame, else the innermost frame outside
-torch), so that Lightning's own conversions (progress bar, loggers) are told apart from cromss's.
+(batch transfer + ``on_after_batch_transfer``, ``on_train_batch_start`` .. ``on_train_batch_end``:
+forward, losses, selection, backward, optimizer). Each event records where it came from: the innermost
+cromss or Lightning frame ('cromss' / 'lightning', e.g. Lightning's progress bar and loggers), 'loader'
+for DataLoader work (CPU tensors of the dataset, not a device sync), else 'other'.
 """
 
 from __future__ import annotations
@@ -154,9 +156,12 @@ class HostSyncCounter(TorchFunctionMode):
         self.events: list[SyncEvent] = []
         self.phase = "outside"
         self.steps = 0
+        #: every torch call seen, per phase (shows that a phase was observed at all)
+        self.calls: Counter[str] = Counter()
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        self.calls[self.phase] += 1
         found = _classify(func, args, kwargs)
         if found is not None:
             origin, where = _origin()
