@@ -26,6 +26,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, MulticlassJaccardIndex
 
+from cromss.checkpoints import METRICS_KEY, checkpoint_metrics
 from cromss.config import from_dict, to_dict
 from cromss.data.preprocess import preprocess_batch
 from cromss.errors import DataError
@@ -507,21 +508,8 @@ class CromSSModule(L.LightningModule):
         checkpoint["cromss_skipped_steps"] = self.skipped_steps
         # the epoch's metrics (val/loss, mIoU, noise AUC, ...): a weights-only best.ckpt still says what it is
         if self._trainer is not None:
-            checkpoint["cromss_metrics"] = checkpoint_metrics(self.trainer.callback_metrics)
+            checkpoint[METRICS_KEY] = checkpoint_metrics(self.trainer.callback_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._plateau_state = checkpoint.get("cromss_plateau_scheduler")
         self.skipped_steps = int(checkpoint.get("cromss_skipped_steps", 0))
-
-
-def checkpoint_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalar metrics as plain floats (NaN/Inf dropped), for ``checkpoint['cromss_metrics']``."""
-    out = {}
-    for key, value in metrics.items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
-            out[str(key)] = number
-    return out

@@ -8,7 +8,8 @@ Run folder ``<output_dir>/<name>/``::
     cromss.lock          while a process trains the run: its pid and host
     tensorboard/         TensorBoard events (``tensorboard --logdir <run>/tensorboard``)
     checkpoints/last.ckpt  every trainer.last_checkpoint_every_n_epochs epochs and after the last (resume)
-    checkpoints/best.ckpt  lowest validation loss so far (written only when it improves)
+    checkpoints/best.ckpt  lowest validation loss so far (written only when it improves; weights, config,
+                           epoch and metrics, no optimizer state)
     checkpoints/epoch=N.ckpt  every k epochs with trainer.checkpoint_every_n_epochs = k (N 0-based)
     summary.json         final metrics, incl. the noise-detection ROC-AUC per modality
 """
@@ -255,9 +256,12 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = CromSSModule(cfg)
     datamodule = datamodule if datamodule is not None else CromSSDataModule(cfg.data)
+    # best.ckpt: weights, config, epoch and metrics only (what export / evaluate / analyze / predict read);
+    # last.ckpt keeps the optimizer, scheduler, loop and callback state for an exact resume
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir, filename=Path(BEST_CHECKPOINT).stem, monitor="val/loss", mode="min",
         save_top_k=1, save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False,
+        save_weights_only=True,
     )
     # Lightning's save_last only writes when a best checkpoint was written too: a second callback
     # without a monitor writes last.ckpt (trainer.last_checkpoint_every_n_epochs / _n_steps, and the final epoch)
