@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -244,6 +245,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
     from cromss.checkpoints import AtomicCheckpointIO, fit_interruptible, last_checkpoint_callback
     from cromss.data import CromSSDataModule
     from cromss.outputs import atomic_write_text, os_error_in, output_error
+    from cromss.training.console import best_epoch_of, pretrain_console
     from cromss.training.history import append_csv_logger
     from cromss.training.module import CromSSModule
 
@@ -275,8 +277,9 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
             every_n_epochs=cfg.trainer.checkpoint_every_n_epochs, save_on_train_epoch_end=True,
             auto_insert_metric_name=False, enable_version_counter=False,
         ))
-    if cfg.trainer.progress_bar:
-        callbacks.append(RichProgressBar())
+    # a progress bar only on a terminal; otherwise (logs, batch jobs) one line per epoch and a summary
+    progress_bar = cfg.trainer.progress_bar and sys.stdout.isatty()
+    callbacks.append(RichProgressBar() if progress_bar else pretrain_console(cfg, run_dir, checkpoint))
     callbacks.extend(extra_callbacks or ())
     loggers = [
         # continues metrics.csv across resumes (launch column), never deletes it
@@ -290,7 +293,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         check_val_every_n_epoch=t.check_val_every_n_epoch, num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=t.progress_bar, callbacks=callbacks, logger=loggers,
+        enable_progress_bar=progress_bar, callbacks=callbacks, logger=loggers,
         # <file>.tmp + fsync + rename: a kill -9 mid-save leaves the previous last.ckpt intact;
         # reads are weights-only (a checkpoint that pickles code is refused, never executed)
         plugins=[AtomicCheckpointIO()],
@@ -328,6 +331,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         "skipped_steps": module.skipped_steps,  # optimizer steps skipped for a NaN/Inf loss (this rank)
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": checkpoint.best_model_path or None,
+        "best_epoch": best_epoch_of(checkpoint.best_model_path) if checkpoint.best_model_path else None,
         "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "last_checkpoint": str(last) if last.is_file() else None,
         "noise_auc": {},
@@ -339,6 +343,8 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
             summary["noise_auc"][modality] = value
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "run summary")
+        if not progress_bar:
+            return summary  # the console callback printed the AUC, the run folder and the next commands
         if summary["noise_auc"]:
             aucs = ", ".join(f"{m} {v:.3f}" for m, v in summary["noise_auc"].items())
             print(f"noise-detection ROC-AUC of 1 - W_l (validation): {aucs}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -165,6 +166,7 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
 
     from cromss.checkpoints import AtomicCheckpointIO, last_checkpoint_callback
     from cromss.data import CromSSDataModule
+    from cromss.training.console import EpochConsole, finetune_columns
 
     run_cfg = _run_config(cfg, seed)
     if _rank() == 0:
@@ -184,6 +186,11 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
     )
     last_writer = last_checkpoint_callback(work_dir / "checkpoints", "last")
     options = run_cfg.trainer
+    # a progress bar only on a terminal; otherwise one line per epoch
+    progress_bar = options.enable_progress_bar and sys.stdout.isatty()
+    console = [] if progress_bar else [EpochConsole(
+        finetune_columns(), ("train_loss", "val_loss"), monitor="val_miou", mode="max", checkpoint=checkpoint,
+        prefix=f"{cfg.label} {cfg.mode} seed {seed}: ")]
     trainer = pl.Trainer(
         max_epochs=run_cfg.epochs,
         accelerator=options.accelerator,
@@ -193,10 +200,10 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
         limit_val_batches=options.limit_val_batches,
         log_every_n_steps=options.log_every_n_steps,
         deterministic=options.deterministic,
-        enable_progress_bar=options.enable_progress_bar,
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[checkpoint, last_writer],
+        callbacks=[checkpoint, last_writer, *console],
         # checkpoints via <file>.tmp + rename: a crash mid-save never leaves a truncated best.ckpt
         plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(save_dir=work_dir, name="logs", version=""),
