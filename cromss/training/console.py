@@ -215,7 +215,7 @@ def pretrain_console(cfg: Any, run_dir: Path, checkpoint: Any = None,
         lines.append(f"run folder: {run_dir}  ({best}; {trainer.current_epoch} epochs done)")
         modality = "s2" if "s2" in modalities else modalities[0]
         if cfg.data.kind == "generic":
-            task = "configs/own-data/floods-finetune.yaml data.root=YOUR_LABELLED_DATA"
+            task = "configs/own-data/finetune-deeplabv3plus.yaml data.root=YOUR_LABELLED_DATA"
         else:
             task = "configs/finetune/dw-deeplabv3plus.yaml"
         lines += [
