@@ -366,12 +366,10 @@ class CromSSModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ the step
-    def _host_scalars(self, values: list[float]) -> Tensor:
-        """Python numbers -> one device tensor without a blocking upload (pinned, non_blocking on CUDA)."""
-        host = torch.tensor(values, dtype=torch.float32)
-        if self.device.type == "cuda":
-            return host.pin_memory().to(self.device, non_blocking=True)
-        return host.to(self.device)
+    def _device_scalars(self, values: list[float]) -> list[Tensor]:
+        """Python numbers -> device scalars by fill kernels (the value travels as a kernel argument): no
+        host-to-device copy, which on CUDA would synchronise (as ``torch.tensor(value, device=...)`` does)."""
+        return [torch.full((), float(value), dtype=torch.float32, device=self.device) for value in values]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Eq. (1) for one batch. Reads no value back to the host. A NaN/Inf loss on any rank still goes
@@ -408,11 +406,11 @@ class CromSSModule(L.LightningModule):
             mean(value, batch_size, ok)
             self.log(f"train/{name}", mean, prog_bar=bar and name == "loss", batch_size=batch_size, on_step=True,
                      on_epoch=True)
-        # Python numbers would each be a blocking upload (Lightning makes a device tensor of them)
+        # Python numbers would each be a blocking upload (Lightning makes them device tensors by a copy)
         scalars = [alpha, gamma, self.optimizers().param_groups[0]["lr"]]
         # host wall time measures the selection only where the work is synchronous: on the CPU
         timed = self.device.type == "cpu"
-        values = self._host_scalars([*scalars, selection_ms] if timed else scalars)
+        values = self._device_scalars([*scalars, selection_ms] if timed else scalars)
         for index, name in enumerate(("alpha", "gamma", "lr")):
             self.log(f"train/{name}", values[index], batch_size=batch_size, on_step=True, on_epoch=False)
         if timed:

@@ -18,9 +18,9 @@ them in a CPU run finds exactly the calls that would block on a GPU. What is cou
 
 Each call is counted once (the mode is off while a torch function runs, so ``f"{t:g}"`` counts as one
 ``__format__``, not also as the ``item`` inside it). Not seen: synchronisations made inside the C++
-code of other operations. On CUDA, :func:`count_cuda_syncs` adds PyTorch's own detector
-(``torch.cuda.set_sync_debug_mode``), which sees every synchronising CUDA call; benchmarks/gpu_check.py
-reports both.
+code of other operations. On CUDA, ``HostSyncCounter(cuda_debug=True)`` (inside the training steps) and
+:func:`count_cuda_syncs` (any block) add PyTorch's own detector (``torch.cuda.set_sync_debug_mode``),
+which sees every synchronising CUDA call; benchmarks/gpu_check.py reports both.
 
 Use::
 
@@ -39,6 +39,7 @@ for DataLoader work (CPU tensors of the dataset, not a device sync), else 'other
 from __future__ import annotations
 
 import traceback
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -151,13 +152,45 @@ class HostSyncCounter(TorchFunctionMode):
     validation, epoch ends, set-up).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cuda_debug: bool = False) -> None:
         super().__init__()
         self.events: list[SyncEvent] = []
         self.phase = "outside"
         self.steps = 0
         #: every torch call seen, per phase (shows that a phase was observed at all)
         self.calls: Counter[str] = Counter()
+        #: also count what PyTorch's CUDA sync detector reports inside the training steps (CUDA only)
+        self.cuda_debug = bool(cuda_debug) and torch.cuda.is_available()
+        self._warnings: Any = None
+        self._caught: list[Any] = []
+
+    def __enter__(self) -> HostSyncCounter:
+        if self.cuda_debug:
+            self._warnings = warnings.catch_warnings(record=True)
+            self._caught = self._warnings.__enter__()
+            warnings.simplefilter("always")
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        result = super().__exit__(*exc)
+        if self._warnings is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._warnings.__exit__(*exc)
+            self._warnings = None
+        return result
+
+    def set_phase(self, phase: str) -> None:
+        """Enter ``phase``; with ``cuda_debug`` the CUDA sync detector is on in 'transfer' and 'step' only."""
+        self.phase = phase
+        if self.cuda_debug:
+            torch.cuda.set_sync_debug_mode("warn" if phase in ("transfer", "step") else "default")
+
+    @property
+    def cuda_syncs(self) -> int | None:
+        """Synchronising CUDA calls inside training steps (PyTorch's detector), None without ``cuda_debug``."""
+        if not self.cuda_debug:
+            return None
+        return sum("synchroniz" in str(w.message) for w in self._caught)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -192,6 +225,7 @@ class HostSyncCounter(TorchFunctionMode):
             "per_step": self.per_step(),
             "per_step_by_origin": {o: self.per_step(o) for o in ("cromss", "lightning", "other")},
             "between_steps_per_step": self.between_per_step(),
+            "cuda_syncs_per_step": None if self.cuda_syncs is None else self.cuda_syncs / max(self.steps, 1),
             "calls": dict(Counter(f"{e.origin} {e.kind} {e.name} @ {e.where}" for e in self.step_events())),
         }
 
@@ -217,40 +251,40 @@ class _StepWindow(_step_window_base()):  # type: ignore[misc]
         def transfer(batch: Any, device: Any = None, dataloader_idx: int = 0) -> Any:
             if not trainer.training or trainer.sanity_checking:
                 return original(batch, device, dataloader_idx)
-            counter.phase = "transfer"
+            counter.set_phase("transfer")
             try:
                 return original(batch, device, dataloader_idx)
             finally:
-                counter.phase = "between"
+                counter.set_phase("between")
 
         pl_module._apply_batch_transfer_handler = transfer
         self._patched = (pl_module, original)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self.counter.phase = "outside"
+        self.counter.set_phase("outside")
         if self._patched is not None:
             module, original = self._patched
             module._apply_batch_transfer_handler = original
             self._patched = None
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self.counter.phase = "between"
+        self.counter.set_phase("between")
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.counter.phase = "step"
+        self.counter.set_phase("step")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.counter.phase = "between"
+        self.counter.set_phase("between")
         self.counter.steps += 1
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self.counter.phase = "outside"
+        self.counter.set_phase("outside")
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self.counter.phase = "outside"
+        self.counter.set_phase("outside")
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self.counter.phase = "outside"
+        self.counter.set_phase("outside")
 
 
 @contextmanager
@@ -260,8 +294,6 @@ def count_cuda_syncs() -> Iterator[list[str]]:
     Yields a list that fills with one message per synchronising call made inside the block (empty on
     machines without CUDA).
     """
-    import warnings
-
     found: list[str] = []
     if not torch.cuda.is_available():
         yield found
