@@ -78,8 +78,12 @@ def test_pretrain_prints_one_line_per_epoch_and_the_next_commands(tmp_path, caps
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
     # the printed values are the epoch values of metrics.csv
     with (run / "metrics.csv").open() as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("val/loss")]
-    for line, row in zip(epochs, rows):
+        table = list(csv.DictReader(handle))
+    rows = [r for r in table if r.get("val/loss")]
+    train = [float(r["train/loss_epoch"]) for r in table if r.get("train/loss_epoch")]
+    assert len(rows) == len(train) == 2
+    for line, row, loss in zip(epochs, rows, train):
+        assert line.split("  ")[1].startswith(f"loss {loss:.3f} (val ")
         assert f"(val {float(row['val/loss']):.3f}" in line
         assert f"true s1 {100 * float(row['val/miou_true_s1']):.1f} s2 {100 * float(row['val/miou_true_s2']):.1f}" in line
         assert f"noise AUC s1 {float(row['val/noise_auc_s1']):.3f}" in line

@@ -107,6 +107,9 @@ class EpochConsole(L.Callback):
         self._epoch_seconds.append(seconds)
         # every value at once: one host read per epoch
         metrics = _read(trainer.callback_metrics, self._keys())
+        skipped = getattr(pl_module, "skipped_steps", None)  # the device counter (logged after this hook)
+        if skipped is not None:
+            metrics["train/skipped_steps"] = float(skipped)
         if not trainer.is_global_zero:
             return
         self.printer(self.line(trainer, metrics, seconds))
@@ -173,7 +176,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 def _read(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
     """``keys`` of ``metrics`` as floats, the tensors read back in one transfer."""
-    wanted = [k for k in dict.fromkeys([*keys, "train/skipped_steps"]) if k in metrics]
+    wanted = [k for k in dict.fromkeys(keys) if k in metrics]
     tensors = [(k, metrics[k]) for k in wanted if torch.is_tensor(metrics[k]) and metrics[k].numel() == 1]
     out: dict[str, float] = {}
     if tensors:
