@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 
-def _cfg(root: Path, fmt: str):
+def _cfg(root: Path, fmt: str, crop: int = 256):
     from cromss.data import DataConfig
 
-    return DataConfig(kind="nol", root=str(root), format=fmt, crop_size=256, val_fraction=0.01)
+    return DataConfig(kind="nol", root=str(root), format=fmt, crop_size=crop, val_fraction=0.01)
 
 
-def measure(root: Path, fmt: str, workers: int, batch_size: int, batches: int) -> tuple[float, float, float]:
+def measure(root: Path, fmt: str, workers: int, batch_size: int, batches: int,
+            crop: int = 256) -> tuple[float, float, float]:
     """(loader samples/s over ``batches`` batches after one warm-up batch, MB per sample,
     samples/s of the device step (BatchPreprocess) run on this CPU)."""
     import torch
@@ -34,7 +35,7 @@ def measure(root: Path, fmt: str, workers: int, batch_size: int, batches: int) -
 
     from cromss.data import build_dataset
 
-    cfg = _cfg(root, fmt)
+    cfg = _cfg(root, fmt, crop)
     torch.manual_seed(0)
     dataset = build_dataset(cfg, "train", train=True, compact=True)
     if fmt == "stream":

@@ -22,10 +22,29 @@ from typing import Any
 
 from cromss.errors import CheckpointError
 
-__all__ = ["AtomicCheckpointIO", "TEMP_SUFFIX", "atomic_torch_save", "safe_torch_load", "trusted_globals"]
+__all__ = ["AtomicCheckpointIO", "METRICS_KEY", "TEMP_SUFFIX", "atomic_torch_save", "checkpoint_metrics",
+           "safe_torch_load", "trusted_globals"]
 
 #: Suffix of the temporary file a checkpoint is written to before the rename.
 TEMP_SUFFIX = ".tmp"
+#: Key of a cromss checkpoint holding the metrics of its epoch (``{"val/loss": 0.41, ...}``): the
+#: weights-only ``best.ckpt`` says which epoch and scores it holds without the callback state.
+METRICS_KEY = "cromss_metrics"
+
+
+def checkpoint_metrics(metrics: Any) -> dict[str, float]:
+    """Scalar metrics (e.g. ``trainer.callback_metrics``) as plain floats, NaN/Inf dropped."""
+    import math
+
+    out = {}
+    for key, value in dict(metrics).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if math.isfinite(number):
+            out[str(key)] = number
+    return out
 
 
 def trusted_globals() -> list[Any]:

@@ -4,7 +4,8 @@ Shapes: ``logits`` ``[B, C, H, W]`` (raw scores), ``target_probs`` ``[B, C, H, W
 the other modality's softmax), ``weights`` ``[B, H, W]`` (selection masks, 0 at ignored pixels).
 Both losses are weighted averages over pixels (``/ sum_i w_i``, Fig. 5 right), computed in float32
 (float64 stays float64) with ``log_softmax``; an all-zero weight mask gives a loss of exactly 0 that
-still has a gradient path.
+still has a gradient path. No value is read back to the host (the all-zero case is a ``torch.where``):
+both losses run inside a training step without a host synchronisation.
 """
 
 from __future__ import annotations
@@ -73,23 +74,27 @@ def segmentation_loss(
     target = target_probs.detach().to(dtype)  # labels are constants, never trained
     w = weights.detach().to(dtype).unsqueeze(1)  # [B, 1, H, W]; selection masks are constants
     weight_sum = w.sum()
-    if not bool(weight_sum > 0):
-        return (logits.to(dtype) * 0.0).sum()
-    cross_entropy = -(w * target * log_q).sum() / weight_sum
+    selected = weight_sum > 0
+    # no host read: with all weights 0 the loss is an exact 0 that keeps a gradient path; the
+    # denominators are made 1 there so that no 0/0 leaks NaN into the (unused) branch's gradient
+    safe_sum = torch.where(selected, weight_sum, torch.ones_like(weight_sum))
+    cross_entropy = -(w * target * log_q).sum() / safe_sum
     if dice == "none":
-        return cross_entropy
-    q = log_q.exp()
-    if dice == "paper":
-        overlap = (w * target * q).sum()
-        total = (w * (target + q)).sum()
-        dice_loss = 1.0 - 2.0 * overlap / total
+        loss = cross_entropy
     else:
-        dims = (0, 2, 3)
-        overlap = (w * target * q).sum(dim=dims)
-        total = (w * (target + q)).sum(dim=dims)
-        # total > 0 for every class because q > 0 and sum w > 0; clamp guards underflow only.
-        dice_loss = 1.0 - (2.0 * overlap / total.clamp_min(torch.finfo(dtype).tiny)).mean()
-    return cross_entropy + dice_loss
+        q = log_q.exp()
+        if dice == "paper":
+            overlap = (w * target * q).sum()
+            total = (w * (target + q)).sum()
+            dice_loss = 1.0 - 2.0 * overlap / torch.where(selected, total, torch.ones_like(total))
+        else:
+            dims = (0, 2, 3)
+            overlap = (w * target * q).sum(dim=dims)
+            total = (w * (target + q)).sum(dim=dims)
+            # total > 0 for every class because q > 0 and sum w > 0; clamp guards underflow only.
+            dice_loss = 1.0 - (2.0 * overlap / total.clamp_min(torch.finfo(dtype).tiny)).mean()
+        loss = cross_entropy + dice_loss
+    return torch.where(selected, loss, (logits.to(dtype) * 0.0).sum())
 
 
 def consistency_loss(student_logits: Tensor, target_probs: Tensor, weights: Tensor) -> Tensor:
@@ -113,7 +118,7 @@ def consistency_loss(student_logits: Tensor, target_probs: Tensor, weights: Tens
     p = target_probs.detach().to(dtype)
     w = weights.detach().to(dtype)
     weight_sum = w.sum()
-    if not bool(weight_sum > 0):
-        return (student_logits.to(dtype) * 0.0).sum()
+    selected = weight_sum > 0  # no host read; see segmentation_loss
     kl_per_pixel = (torch.special.xlogy(p, p) - p * log_q).sum(dim=1)  # [B, H, W]
-    return (w * kl_per_pixel).sum() / weight_sum
+    loss = (w * kl_per_pixel).sum() / torch.where(selected, weight_sum, torch.ones_like(weight_sum))
+    return torch.where(selected, loss, (student_logits.to(dtype) * 0.0).sum())

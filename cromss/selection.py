@@ -66,20 +66,22 @@ def _check_label_values(labels: Tensor, num_classes: int, ignore_index: int) -> 
 
 
 # ----------------------------------------------------------------------------- step 1: confidences
-def label_confidence(probs: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
+def label_confidence(probs: Tensor, labels: Tensor, ignore_index: int, validate: bool = True) -> Tensor:
     """Label-based confidence ``f_l,i = p_{i, y_i}`` (eq. 8); 0 at ignored pixels.
 
     Args:
         probs: softmax probabilities ``[B, C, H, W]``.
         labels: noisy class ids ``[B, H, W]`` (int), ``ignore_index`` where unlabelled.
         ignore_index: label value of unlabelled pixels.
+        validate: check the label values (a host read; see :func:`label_weights`).
 
     Returns:
         ``[B, H, W]`` confidences in [0, 1] (detached from the graph only if ``probs`` is).
     """
     _check_probs_labels(probs, labels)
     num_classes = probs.shape[1]
-    _check_label_values(labels, num_classes, ignore_index)
+    if validate:
+        _check_label_values(labels, num_classes, ignore_index)
     probs = probs.to(_compute_dtype(probs.dtype))
     labelled = labels != ignore_index
     # Ignored pixels gather class 0 (any valid index) and are zeroed afterwards.
@@ -203,54 +205,72 @@ def _dist_world() -> tuple[Any, int]:
     return None, 1
 
 
-def _sync_thresholds(
-    sorted_conf: Tensor, local_counts: Tensor, alpha: float, dist: Any, world: int
-) -> Tensor:
-    """Exact per-class thresholds over the concatenation of every rank's batch.
+#: Bits per round of the radix selection of :func:`_sync_thresholds` (256 bins per class and round).
+_RADIX_BITS = 8
 
-    Each rank sends, per class, only the candidates that can be the global ``k_c``-th largest: its
-    own top ``k_c`` values, or, when the rank of the threshold from the bottom ``j_c = N_c - k_c + 1``
-    is smaller, its own bottom ``j_c`` values (then the threshold is the global ``j_c``-th smallest).
+
+def _class_counts(class_ids: Tensor, num_buckets: int) -> Tensor:
+    """Pixels per bucket ``0..num_buckets-1`` (int64) without a host read (``bincount`` sizes its output
+    from the maximum, which on CUDA reads it back)."""
+    counts = torch.zeros(num_buckets, dtype=torch.int64, device=class_ids.device)
+    return counts.scatter_add_(0, class_ids, torch.ones_like(class_ids))
+
+
+def _sync_thresholds(conf: Tensor, class_ids: Tensor, num_classes: int, alpha: float, dist: Any) -> Tensor:
+    """Exact per-class thresholds over the concatenation of every rank's batch, by radix selection.
+
+    The ``k_c``-th largest confidence of class ``c`` over all ranks is found digit by digit of its bit
+    pattern (a non-negative float's bits, read as an integer, are monotonic in its value): per round,
+    every rank histograms the next 8 bits of its pixels that still match the prefix found so far, one
+    ``all_reduce`` sums the ``C x 256`` histograms, and every rank picks the same digit. 4 rounds for
+    float32 (8 for float64) give the exact bit pattern of the global threshold. Fixed-size collectives
+    and no value read back to the host: batches of any size per rank, no synchronisation of the host.
+
+    Args:
+        conf: ``[N]`` confidences >= 0 (float32 or float64), this rank's pixels.
+        class_ids: ``[N]`` int64 class of each pixel, ``num_classes`` for ignored pixels (never counted).
+        num_classes: ``C``.
+        alpha: selection ratio (``k_c = max(1, floor(alpha N_c))`` with the GLOBAL ``N_c``).
+        dist: ``torch.distributed`` (an initialised group).
+
+    Returns:
+        ``[C]`` thresholds (0 for classes without pixels on any rank), dtype of ``conf``.
     """
-    num_classes = local_counts.numel()
-    device = sorted_conf.device
-    gathered_counts = [torch.zeros_like(local_counts) for _ in range(world)]
-    dist.all_gather(gathered_counts, local_counts.contiguous())
-    rank_counts = torch.stack(gathered_counts)  # [R, C]
-    global_counts = rank_counts.sum(0)
-    k = _num_selected(global_counts, alpha)
-    j = (global_counts - k + 1).clamp(min=1)
-    from_top = k <= j
-    need = torch.where(from_top, k, j)  # how many extremes of each class can matter
-    rank_sends = torch.minimum(rank_counts, need.unsqueeze(0))  # [R, C]
-
-    # This rank's candidates, laid out class by class (each class segment still sorted descending).
-    rank = dist.get_rank()
-    my_sends = rank_sends[rank]
-    starts = torch.cumsum(local_counts, 0) - local_counts
-    first = torch.where(from_top, starts, starts + local_counts - my_sends)
-    total_send = int(my_sends.sum())
-    class_of_slot = torch.repeat_interleave(torch.arange(num_classes, device=device), my_sends)
-    slot_starts = torch.cumsum(my_sends, 0) - my_sends
-    offset_in_class = torch.arange(total_send, device=device) - slot_starts[class_of_slot]
-    my_values = sorted_conf[first[class_of_slot] + offset_in_class]
-
-    # all_gather needs equal sizes: pad every rank's list to the longest one.
-    longest = max(int(rank_sends.sum(1).max()), 1)  # never an empty collective
-    padded = torch.zeros(longest, dtype=sorted_conf.dtype, device=device)
-    padded[:total_send] = my_values
-    gathered_values = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered_values, padded)
-    union = torch.cat([values[: int(n)] for values, n in zip(gathered_values, rank_sends.sum(1))])
-    union_class = torch.cat([
-        torch.repeat_interleave(torch.arange(num_classes, device=device), sends) for sends in rank_sends
-    ])
-    union_counts = rank_sends.sum(0)
-    order = _class_order(union, union_class)
-    # In the union of class c (size U_c): top -> k_c-th largest; bottom -> j_c-th smallest,
-    # i.e. the (U_c - j_c + 1)-th largest.
-    kth_in_union = torch.where(from_top, k, union_counts - j + 1)
-    return _kth_per_class(union[order], union_counts, kth_in_union)
+    device = conf.device
+    if conf.dtype == torch.float32:
+        keys, total_bits = conf.contiguous().view(torch.int32).to(torch.int64), 31
+    else:
+        keys, total_bits = conf.to(torch.float64).contiguous().view(torch.int64), 63
+    keys = keys.clamp_min(0)  # -0.0 has the sign bit set: same value as +0.0
+    bins = 1 << _RADIX_BITS
+    labelled = class_ids < num_classes
+    dump = num_classes * bins  # histogram slot of pixels that are ignored or off the prefix
+    prefix = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    kth = None
+    present = None
+    shifts = list(range(((total_bits - 1) // _RADIX_BITS) * _RADIX_BITS, -1, -_RADIX_BITS))
+    safe_class = torch.where(labelled, class_ids, torch.zeros_like(class_ids))
+    for round_index, shift in enumerate(shifts):
+        digit = (keys >> shift) & (bins - 1)
+        member = labelled if round_index == 0 else labelled & ((keys >> (shift + _RADIX_BITS)) == prefix[safe_class])
+        slot = torch.where(member, safe_class * bins + digit, torch.full_like(digit, dump))
+        hist = torch.zeros(dump + 1, dtype=torch.int64, device=device).scatter_add_(0, slot, torch.ones_like(slot))
+        dist.all_reduce(hist)  # sum over ranks
+        hist = hist[:dump].view(num_classes, bins)
+        if kth is None:  # the first round sees every labelled pixel: global counts -> k_c
+            counts = hist.sum(1)
+            present = counts > 0
+            kth = _num_selected(counts, alpha)
+        at_or_above = hist.flip(1).cumsum(1).flip(1)  # [C, 256]: members with digit >= d
+        chosen = ((at_or_above >= kth.unsqueeze(1)).sum(1) - 1).clamp(min=0)  # largest d with >= k above
+        above = (at_or_above - hist).gather(1, chosen.unsqueeze(1)).squeeze(1)  # members with digit > d
+        kth = kth - above
+        prefix = (prefix << _RADIX_BITS) | chosen
+    if conf.dtype == torch.float32:
+        values = prefix.to(torch.int32).view(torch.float32)
+    else:
+        values = prefix.view(torch.float64).to(conf.dtype)
+    return torch.where(present, values, torch.zeros_like(values))
 
 
 def label_weights(
@@ -260,6 +280,7 @@ def label_weights(
     num_classes: int,
     ignore_index: int,
     sync: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Label-based selection mask ``W_l`` (eq. 11), thresholded per class (footnote 5).
 
@@ -278,6 +299,9 @@ def label_weights(
         sync: with an initialised ``torch.distributed`` group of size > 1, compute the thresholds
             over the concatenation of all ranks' batches (exact; see docs/method.md for the cost).
             Every rank must call it (a collective). Without a group it is the local computation.
+        validate: check that every label value is a class id or ``ignore_index`` (DataError naming
+            the first bad value). The check reads a value back to the host (a device sync on GPU):
+            the training step passes False, its loader has checked the labels.
 
     Returns:
         ``[B, H, W]`` detached weights in [0, 1].
@@ -290,7 +314,8 @@ def label_weights(
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise DataError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    _check_label_values(labels, num_classes, ignore_index)
+    if validate:
+        _check_label_values(labels, num_classes, ignore_index)
     dist, world = _dist_world() if sync else (None, 1)
 
     with torch.no_grad():
@@ -305,12 +330,11 @@ def label_weights(
         class_ids = torch.where(labelled, labels.long(), torch.full_like(labels, num_classes).long())
         flat_conf = conf.reshape(-1)
         flat_class = class_ids.reshape(-1)
-        counts = torch.bincount(flat_class, minlength=num_classes + 1)[:num_classes]
-        order = _class_order(flat_conf, flat_class)
-        sorted_conf = flat_conf[order]
         if dist is not None and world > 1:
-            thresholds = _sync_thresholds(sorted_conf, counts, alpha, dist, world)
+            thresholds = _sync_thresholds(flat_conf, flat_class, num_classes, alpha, dist)
         else:
+            counts = _class_counts(flat_class, num_classes + 1)[:num_classes]
+            sorted_conf = flat_conf[_class_order(flat_conf, flat_class)]
             thresholds = _kth_per_class(sorted_conf, counts, _num_selected(counts, alpha))
         # Bucket C (ignored) gets threshold 1; its weight is zeroed below anyway.
         thresholds = torch.cat([thresholds, thresholds.new_ones(1)])
@@ -372,6 +396,7 @@ def selection_weights(
     ignore_index: int,
     enhance: bool = True,
     sync: bool = False,
+    validate: bool = True,
 ) -> dict[str, dict[str, Tensor]]:
     """All selection masks of one training step (Fig. 5), per modality.
 
@@ -384,6 +409,9 @@ def selection_weights(
         ignore_index: label value of unlabelled pixels.
         enhance: apply the cross-modal enhancement of eq. (10) (off: ``*_enh`` equal the raw masks).
         sync: synchronise the eq. (11) thresholds across ranks (see :func:`label_weights`).
+        validate: check the label values once (DataError naming the first bad one). It reads a value
+            back to the host; the training step passes False (its loader checked the labels), which
+            makes the whole call free of host synchronisations.
 
     Returns:
         ``{modality: {"f_l", "f_e", "f_l_enh", "f_e_enh", "w_l", "w_e"}}``, each ``[B, H, W]``,
@@ -403,14 +431,16 @@ def selection_weights(
                 f"probs[{name!r}] has {p.shape[1]} classes in dim 1, expected num_classes={num_classes}"
             )
         detached[name] = p
-    f_l = [label_confidence(detached[name], labels, ignore_index) for name in names]
+    if validate:
+        _check_label_values(labels, num_classes, ignore_index)
+    f_l = [label_confidence(detached[name], labels, ignore_index, validate=False) for name in names]
     f_e = [entity_confidence(detached[name]) for name in names]
     f_l_enh = cross_modal_enhance(f_l) if enhance else list(f_l)
     f_e_enh = cross_modal_enhance(f_e) if enhance else list(f_e)
     labelled = labels != ignore_index
     result: dict[str, dict[str, Tensor]] = {}
     for index, name in enumerate(names):
-        w_l = label_weights(f_l_enh[index], labels, alpha, num_classes, ignore_index, sync=sync)
+        w_l = label_weights(f_l_enh[index], labels, alpha, num_classes, ignore_index, sync=sync, validate=False)
         w_e = entity_weights(f_e_enh[index], gamma)
         w_e = torch.where(labelled, w_e, torch.zeros_like(w_e))
         result[name] = {

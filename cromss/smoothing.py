@@ -4,10 +4,15 @@
 device after cropping. ``G`` is the normalised 2-D Gaussian of std ``sigma`` truncated at radius
 ``int(4 sigma + 0.5)`` with SciPy's half-sample symmetric ``'reflect'`` border (``d c b a | a b c d``),
 i.e. the same numbers as ``scipy.ndimage.gaussian_filter(..., mode='reflect', truncate=4)``.
+
+No value is read back to the host except by the input checks of :func:`smooth_labels`, which a
+training step skips with ``validate=False`` (its loader has checked the labels already); the blur
+matrices are built once per (size, sigma, dtype, device) and cached.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -57,6 +62,12 @@ def _blur_matrix(size: int, kernel: Tensor) -> Tensor:
     return matrix
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # built on the CPU (the same numbers as before the cache), moved once: no upload per training step
+    return _blur_matrix(size, gaussian_kernel1d(sigma, dtype=dtype)).to(device=device)
+
+
 def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of every channel of ``maps`` ``[B, C, H, W]`` (SciPy 'reflect' border).
 
@@ -64,12 +75,12 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     this is several times faster than a depthwise ``conv2d`` for crop sizes up to a few hundred
     pixels, and the reflection (including windows larger than the image) is folded into ``A``.
     """
-    kernel = gaussian_kernel1d(sigma, dtype=maps.dtype, device=maps.device)
+    kernel = gaussian_kernel1d(sigma)
     if kernel.numel() == 1:
         return maps.clone()
     height, width = maps.shape[-2:]
-    along_h = _blur_matrix(height, kernel)
-    along_w = _blur_matrix(width, kernel)
+    along_h = _cached_blur_matrix(height, float(sigma), maps.dtype, maps.device)
+    along_w = _cached_blur_matrix(width, float(sigma), maps.dtype, maps.device)
     return torch.matmul(torch.matmul(along_h, maps), along_w.T)
 
 
@@ -82,6 +93,7 @@ def smooth_labels(
     sigma: float = 3.0,
     ignore_index: int = 255,
     num_timestamps: Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Smoothed soft labels ``Z'`` of the chosen season (eqs. 13-15).
 
@@ -105,6 +117,12 @@ def smooth_labels(
             padded (locations with fewer timestamps than ``T``): ``<Z>_t`` averages the first
             ``num_timestamps[b]`` only. None = all ``T`` are real. With one timestamp ``<Z>_t = Z`` and
             the prior is the spatial term ``Z * G`` alone.
+        validate: check the VALUES of ``season``, ``labels_all_seasons`` and ``num_timestamps``
+            (DataError naming the first bad one). Each check reads a value back to the host (a
+            device synchronisation on GPU); the training step passes False because its loader
+            (:class:`cromss.data.core.SegmentationDataset`) has checked every sample. Shapes, dtypes
+            and the parameters are always checked. Out-of-range values with ``validate=False`` give
+            wrong numbers or a device-side index error.
 
     Returns:
         ``[B, C, H, W]`` float32 soft labels on the labels' device.
@@ -126,16 +144,17 @@ def smooth_labels(
     season = torch.as_tensor(season, device=labels_all_seasons.device).reshape(-1).long()
     if season.numel() != batch:
         raise DataError(f"season must have one entry per sample ({batch}), got shape {tuple(season.shape)}")
-    if batch and (bool((season < 0).any()) or bool((season >= num_seasons).any())):
+    if validate and batch and (bool((season < 0).any()) or bool((season >= num_seasons).any())):
         raise DataError(f"season index out of range 0..{num_seasons - 1}: {season.tolist()}")
     labels = labels_all_seasons.long()
     labelled = labels != ignore_index
-    bad = labelled & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        raise DataError(
-            f"label value {int(labels[bad][0])} is not a class id in 0..{num_classes - 1} "
-            f"nor the ignore index {ignore_index}"
-        )
+    if validate:
+        bad = labelled & ((labels < 0) | (labels >= num_classes))
+        if bool(bad.any()):
+            raise DataError(
+                f"label value {int(labels[bad][0])} is not a class id in 0..{num_classes - 1} "
+                f"nor the ignore index {ignore_index}"
+            )
 
     # One-hot by comparison: ignored pixels match no class and get an all-zero row.
     class_ids = torch.arange(num_classes, device=labels.device).view(1, 1, num_classes, 1, 1)
@@ -153,7 +172,8 @@ def smooth_labels(
             temporal = one_hot_all.mean(dim=1)
         else:
             counts = torch.as_tensor(num_timestamps, device=labels.device).reshape(-1).long()
-            if counts.numel() != batch or bool((counts < 1).any()) or bool((counts > num_seasons).any()):
+            out_of_range = validate and (bool((counts < 1).any()) or bool((counts > num_seasons).any()))
+            if counts.numel() != batch or out_of_range:
                 raise DataError(f"num_timestamps must be [B] values in 1..{num_seasons}, got {counts.tolist()}")
             real = torch.arange(num_seasons, device=labels.device).view(1, -1) < counts.view(-1, 1)  # [B, T]
             weights = real.to(torch.float32) / counts.view(-1, 1).to(torch.float32)

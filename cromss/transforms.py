@@ -87,6 +87,8 @@ class ClipNormalize:
         self.num_std = float(num_std)
         self.low = (mean_t - num_std * std_t).float()
         self.high = (mean_t + num_std * std_t).float()
+        #: (low, high) per device: moved once, not at every call (a blocking upload on CUDA)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_bands(self) -> int:
@@ -135,9 +137,11 @@ class ClipNormalize:
         channels = x.shape[-3]
         if channels != self.num_bands:
             raise DataError(f"ClipNormalize built for {self.num_bands} bands got {channels} bands")
-        shape = (-1, 1, 1)
-        low = self.low.to(x.device).view(shape)
-        high = self.high.to(x.device).view(shape)
+        bounds = self._on_device.get(x.device)
+        if bounds is None:
+            bounds = self._on_device[x.device] = (self.low.to(x.device).view(-1, 1, 1),
+                                                  self.high.to(x.device).view(-1, 1, 1))
+        low, high = bounds
         x = x.float()
         return ((torch.minimum(torch.maximum(x, low), high) - low) / (high - low)).float()
 
@@ -249,14 +253,20 @@ def apply_geometry(batch: Mapping[str, Any], aug: torch.Tensor, image_keys: Sequ
 
     ``aug`` [B, 3] as drawn by :func:`crop_and_draw`; every image and mask key of the batch (first
     dimension B) gets its sample's horizontal flip, vertical flip, then rotation by k x 90 degrees,
-    in JointAugment's order. Odd rotations of non-square batches are refused (the rotated samples
-    could not share a batch).
+    in JointAugment's order. Square samples (every crop) take one gather per key through a per-sample
+    pixel permutation, with no value read back to the host. Non-square samples (tiles without
+    ``data.crop_size``) index the chosen samples (a few host reads per batch); their odd rotations are
+    refused in batches of more than one (the rotated samples could not share a batch).
     """
     out = dict(batch)
     keys = [k for k in (*image_keys, *MASK_KEYS) if k in out]
     if not keys:
         return out
-    aug = aug.to(out[keys[0]].device)
+    first = out[keys[0]]
+    aug = aug.to(first.device)
+    height, width = first.shape[-2:]
+    if height == width:
+        return _permute_square(out, keys, aug)
     hflip, vflip, turns = aug[:, 0].bool(), aug[:, 1].bool(), aug[:, 2]
     # only the chosen samples are transformed (index assignment), so an unaugmented batch costs nothing
     steps = [(hflip.nonzero().flatten(), lambda t: t.flip(-1)), (vflip.nonzero().flatten(), lambda t: t.flip(-2))]
@@ -278,6 +288,36 @@ def apply_geometry(batch: Mapping[str, Any], aug: torch.Tensor, image_keys: Sequ
                 continue
             x[index] = moved
         out[key] = x
+    return out
+
+
+def _permute_square(out: dict[str, Any], keys: list[str], aug: torch.Tensor) -> dict[str, Any]:
+    """Flips and rotations of square samples as one gather per key (no host read).
+
+    The geometry is applied to a grid of pixel indices (``torch.where`` over the five possible
+    transforms of a ``[B, S, S]`` index map), which then gathers every key's pixels: the same values
+    as flipping and rotating each sample, for any dtype.
+    """
+    size = out[keys[0]].shape[-1]
+    batch = aug.shape[0]
+    device = aug.device
+    grid = torch.arange(size * size, device=device).view(1, size, size).expand(batch, size, size)
+
+    def where(flag: torch.Tensor, changed: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return torch.where(flag.view(-1, 1, 1), changed, kept)
+
+    grid = where(aug[:, 0] != 0, grid.flip(-1), grid)
+    grid = where(aug[:, 1] != 0, grid.flip(-2), grid)
+    turns = aug[:, 2]
+    rotated = grid
+    for k in (1, 2, 3):
+        rotated = where(turns == k, torch.rot90(grid, k, dims=(-2, -1)), rotated)
+    index = rotated.reshape(batch, size * size)
+    for key in keys:
+        x = out[key]
+        flat = x.reshape(*x.shape[:-2], size * size)
+        view = index.view(batch, *([1] * (flat.dim() - 2)), size * size).expand_as(flat)
+        out[key] = flat.gather(-1, view).view(x.shape)
     return out
 
 

@@ -453,6 +453,6 @@ def test_end_to_end_cli_finetune_evaluate_table(tmp_path: Path, capsys, dw_demo_
     assert "| satMAE (10B) |" in capsys.readouterr().out
     # a ResNet file given for a ViT baseline: one line, exit status 2
     assert main(["finetune", "--config", str(CONFIGS / "dw-dofa.yaml"), "--encoder", str(tmp_path / "satmae.pth"),
-                 f"data.root={dw_demo_64}", "vit.embed_dim=32", "vit.depth=4", "vit.num_heads=2",
-                 "vit.out_indices=[0,1,2,3]"]) == 2
+                 f"data.root={dw_demo_64}", "data.crop_size=32", "vit.embed_dim=32", "vit.depth=4",
+                 "vit.num_heads=2", "vit.out_indices=[0,1,2,3]"]) == 2
     assert "not a DOFA checkpoint" in capsys.readouterr().err

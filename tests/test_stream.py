@@ -86,8 +86,12 @@ def test_convert_generic_keeps_description(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DDP, kill -9, resume
-def _launch(config: Path, cwd: Path, env: dict, resume: bool = False) -> subprocess.Popen:
-    args = [sys.executable, "-m", "cromss", "pretrain", "--config", str(config), "trainer.accelerator=cpu",
+#: `cromss pretrain` with test-side callbacks (sample log, stall), see tests/helpers/pretrain_with_hooks.py
+HOOKS = Path(__file__).resolve().parent / "helpers" / "pretrain_with_hooks.py"
+
+
+def _launch(config: Path, cwd: Path, env: dict, hooks: list[str], resume: bool = False) -> subprocess.Popen:
+    args = [sys.executable, str(HOOKS), *hooks, "--", "pretrain", "--config", str(config), "trainer.accelerator=cpu",
             "trainer.devices=2", "trainer.strategy=ddp"]
     if resume:
         args.append("--resume")
@@ -129,10 +133,10 @@ def test_ddp_stream_every_sample_once_and_kill9_resume(tmp_path):
         config = tmp_path / f"{name}.yaml"
         config.write_text(yaml.safe_dump({**base, "name": name}))
         logs[name] = tmp_path / f"{name}.log"
-        run_env = dict(env, CROMSS_TEST_SAMPLE_LOG=str(logs[name]))
+        hooks = ["--sample-log", str(logs[name])]
         if name == "killed":
-            run_env["CROMSS_TEST_STALL_STEP"] = "2"  # mid first epoch (4 steps per epoch)
-        process = _launch(config, tmp_path, run_env)
+            hooks += ["--stall-step", "2"]  # mid first epoch (4 steps per epoch)
+        process = _launch(config, tmp_path, env, hooks)
         if name == "killed":
             deadline = time.time() + 400
             while not list(tmp_path.glob("killed.log.stalled*")):
@@ -141,8 +145,7 @@ def test_ddp_stream_every_sample_once_and_kill9_resume(tmp_path):
                 time.sleep(0.5)
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            resumed = _launch(config, tmp_path, dict(env, CROMSS_TEST_SAMPLE_LOG=str(logs[name]) + ".resumed"),
-                              resume=True)
+            resumed = _launch(config, tmp_path, env, ["--sample-log", str(logs[name]) + ".resumed"], resume=True)
             out, err = resumed.communicate(timeout=480)
             assert resumed.returncode == 0, err[-3000:]
         else:

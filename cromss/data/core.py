@@ -216,6 +216,7 @@ class SegmentationDataset(Dataset):
         season = self._season(location, fixed)
         sample_id = self.sample_id(location)
         labels, labels_true = self.read_labels(location)
+        self._check_label_values(sample_id, labels, labels_true)
         count = labels.shape[0]
         height, width = labels.shape[-2:]
         invalid = np.zeros((height, width), dtype=bool)
@@ -251,6 +252,22 @@ class SegmentationDataset(Dataset):
             sample = center_crop(sample, self.cfg.eval_crop, image_keys=keys)
         sample[AUG_KEY] = torch.zeros(3, dtype=torch.int64)
         return sample
+
+    def _check_label_values(self, sample_id: str, labels: np.ndarray, labels_true: np.ndarray | None) -> None:
+        """Every label value is a class id or IGNORE_INDEX: checked here, in the loader, so that the
+        training step's selection and smoothing need not read labels back from the device."""
+        num_classes = self.description.num_classes if self.description is not None else 0
+        if num_classes < 1:
+            return
+        for what, values in (("label", labels), ("true label", labels_true)):
+            if values is None:
+                continue
+            bad = (values != schema.IGNORE_INDEX) & ((values < 0) | (values >= num_classes))
+            if bad.any():
+                raise DataError(
+                    f"sample {sample_id}: {what} value {int(values[bad][0])} is not a class id in "
+                    f"0..{num_classes - 1} nor the ignore index {schema.IGNORE_INDEX}"
+                )
 
     def labelled_pixels(self, location: int) -> tuple[int, int, dict[str, int]]:
         """Pixels of ``location`` (every timestamp) that train: labelled AND valid in every modality.

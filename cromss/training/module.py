@@ -4,12 +4,16 @@ The network is ``self.net`` (a :class:`cromss.models.CromSSNet`), so checkpoint 
 ``net.<CromSSNet keys>``; the resolved config is saved as ``hyper_parameters["config"]`` (a plain
 dict). The math lives in :mod:`cromss.selection`, :mod:`cromss.smoothing` and :mod:`cromss.losses`;
 this module only wires it together, logs and schedules.
+
+A training step reads no value back to the host (docs/pretraining.md, "Host synchronisations"): the
+label checks are done by the loader, the non-finite-loss skip is decided on the device (a flag
+all-reduced over the ranks, handed to the fused Adam as ``found_inf``), and the logged values are
+tensors. ``tests/test_host_syncs.py`` counts the conversions of a real step.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 import warnings
@@ -22,6 +26,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, MulticlassJaccardIndex
 
+from cromss.checkpoints import METRICS_KEY, checkpoint_metrics
 from cromss.config import from_dict, to_dict
 from cromss.data.preprocess import preprocess_batch
 from cromss.errors import DataError
@@ -35,18 +40,6 @@ from cromss.training.config import PretrainConfig, resolve_pretrain_config
 #: Number of score bins of the noise-detection ROC-AUC (constant memory over any validation set).
 AUC_THRESHOLDS = 1001
 
-#: Test-only fault injection (see docs/troubleshooting.md): with ``CROMSS_TEST_FAIL_RANK=r`` the
-#: training step of global rank ``r`` raises a DataError once ``global_step >= CROMSS_TEST_FAIL_STEP``
-#: (default 0). Used to check that a failing DDP rank fails the whole job with its message.
-FAIL_RANK_ENV = "CROMSS_TEST_FAIL_RANK"
-FAIL_STEP_ENV = "CROMSS_TEST_FAIL_STEP"
-#: Test-only: ``CROMSS_TEST_SAMPLE_LOG=path`` appends "epoch step rank id..." per training batch to
-#: ``path.rank<r>``; ``CROMSS_TEST_STALL_STEP=n`` makes every rank hang at global step n (after the
-#: checkpoint of step n), so a test can kill -9 the job mid-epoch at a known point.
-SAMPLE_LOG_ENV = "CROMSS_TEST_SAMPLE_LOG"
-STALL_STEP_ENV = "CROMSS_TEST_STALL_STEP"
-
-
 class ClassMean(Metric):
     """Per-class mean of a pixel quantity over an epoch (sums and counts; synced across ranks)."""
 
@@ -58,16 +51,51 @@ class ClassMean(Metric):
         self.add_state("total", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, values: Tensor, labels: Tensor) -> None:
-        """values [B,H,W] float, labels [B,H,W] int (IGNORE_INDEX skipped)."""
+    def update(self, values: Tensor, labels: Tensor, ok: Tensor | None = None) -> None:
+        """values [B,H,W] float, labels [B,H,W] int (IGNORE_INDEX skipped); ``ok`` (bool scalar): False
+        leaves the sums unchanged (a skipped step). No value is read back to the host."""
         keep = labels != IGNORE_INDEX
-        classes = labels[keep].long()
-        self.total += torch.bincount(classes, weights=values[keep].double(), minlength=self.num_classes)
-        self.count += torch.bincount(classes, minlength=self.num_classes).double()
+        if ok is not None:
+            keep = keep & ok
+        # ignored pixels go to an extra bucket that is dropped: fixed shapes, no boolean indexing
+        classes = torch.where(keep, labels.long(), torch.full_like(labels, self.num_classes, dtype=torch.long))
+        flat = classes.reshape(-1)
+        values = torch.where(keep, values.double(), torch.zeros((), dtype=torch.float64, device=values.device))
+        total = torch.zeros(self.num_classes + 1, dtype=torch.float64, device=values.device)
+        self.total += total.scatter_add_(0, flat, values.reshape(-1))[: self.num_classes]
+        count = torch.zeros(self.num_classes + 1, dtype=torch.float64, device=values.device)
+        self.count += count.scatter_add_(0, flat, keep.reshape(-1).double())[: self.num_classes]
 
     def compute(self) -> Tensor:
         """[C] means; NaN for classes without pixels."""
         return torch.where(self.count > 0, self.total / self.count.clamp(min=1), torch.nan)
+
+
+class FiniteMean(Metric):
+    """Batch-size weighted mean of a scalar over an epoch that leaves out skipped (non-finite) steps.
+
+    Logged through ``self.log(name, metric)``: the step value is the batch's value (NaN for a skipped
+    step), the epoch value the mean over the steps that trained, synced over ranks. Accumulates in
+    float32 in the order Lightning's own mean does, so finite runs log the same numbers as before.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: float, ok: Tensor) -> None:
+        """value: scalar; weight: the batch size; ok: bool scalar (False = a skipped step)."""
+        zero = torch.zeros((), dtype=torch.float32, device=value.device)
+        self.total = self.total + torch.where(ok, value.detach().float() * weight, zero)
+        self.weight = self.weight + torch.where(ok, zero + weight, zero)
+
+    def compute(self) -> Tensor:
+        """The mean; NaN when no step counted."""
+        safe = torch.where(self.weight > 0, self.weight, torch.ones_like(self.weight))
+        return torch.where(self.weight > 0, self.total / safe, torch.full_like(self.total, math.nan))
 
 
 def one_hot_targets(labels: Tensor, num_classes: int, beta: float = 0.0) -> Tensor:
@@ -115,14 +143,35 @@ class CromSSModule(L.LightningModule):
         self.val_noise_auc = per_modality(lambda: BinaryAUROC(thresholds=AUC_THRESHOLDS, validate_args=False))
         self.train_w_l = per_modality(lambda: ClassMean(self.num_classes))
         self.train_w_e = per_modality(lambda: ClassMean(self.num_classes))
+        loss_terms = ["loss", *(f"seg_{m}" for m in self.modalities), *(f"cons_{s}" for s, _ in self.pairs)]
+        self.train_means = torch.nn.ModuleDict({name: FiniteMean() for name in loss_terms})
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
         self._val_loss_epoch: tuple[int, float] | None = None
         #: epoch the fit starts at (0, or the resumed epoch); see on_fit_start
         self.first_epoch = 0
         self._seeded_epoch: int | None = None
-        #: optimizer steps skipped because the loss was NaN/Inf (logged as train/skipped_steps, checkpointed)
-        self.skipped_steps = 0
+        # optimizer steps skipped because the loss was NaN/Inf: a device counter (no host read per step),
+        # read by the `skipped_steps` property, logged per epoch as train/skipped_steps, checkpointed
+        self.register_buffer("_skipped_total", torch.zeros((), dtype=torch.int64), persistent=False)
+        #: per batch of the current epoch: bit r set = rank r had a non-finite loss (0 = trained)
+        self._epoch_skip_ranks: Tensor | None = None
+        #: per batch of the current epoch: its global step
+        self._epoch_skip_steps: Tensor | None = None
+        self._epoch_skipped_before: Tensor | None = None
+        self._bn_saved: list[Tensor] | None = None
+        self._skip_flag: Tensor | None = None
+        #: how a non-finite step is skipped: 'found_inf' (fused Adam) or 'scaler' (GradScaler); see _arm_skip
+        self.skip_mode = "found_inf"
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a NaN/Inf loss so far (same on every rank). Reads the device counter."""
+        return int(self._skipped_total)
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped_total.fill_(int(value))
 
     # ------------------------------------------------------------------ helpers
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -155,8 +204,11 @@ class CromSSModule(L.LightningModule):
             return setting
         return self._trainer is not None and self.trainer.world_size > 1
 
-    def targets(self, batch: dict[str, Any]) -> Tensor:
-        """Soft targets Z' [B,C,H,W] of eq. (13) for the configured smoothing."""
+    def targets(self, batch: dict[str, Any], validate: bool = True) -> Tensor:
+        """Soft targets Z' [B,C,H,W] of eq. (13) for the configured smoothing.
+
+        ``validate``: check the label / season values (host reads); the training step passes False,
+        its loader checked every sample (:mod:`cromss.data.core`)."""
         method = self.cfg.method
         if method.smoothing != "spatial_temporal":
             return one_hot_targets(batch["label"], self.num_classes, method.effective_beta)
@@ -165,18 +217,20 @@ class CromSSModule(L.LightningModule):
                 raise DataError(f"method.smoothing 'spatial_temporal' needs batch key '{key}' (keys: {sorted(batch)})")
         smoothed = smooth_labels(batch["labels_all_seasons"], batch["season"], self.num_classes,
                                  beta=method.beta, mu=method.mu, sigma=method.sigma, ignore_index=IGNORE_INDEX,
-                                 num_timestamps=batch.get("num_seasons"))
+                                 num_timestamps=batch.get("num_seasons"), validate=validate)
         # the fed label may be masked (invalid pixels) where the seasonal stack is not
         return smoothed * (batch["label"] != IGNORE_INDEX).unsqueeze(1)
 
     def weights(self, probs: dict[str, Tensor], labels: Tensor, alpha: float, gamma: float,
-                selection: bool) -> dict[str, dict[str, Tensor]]:
-        """W_l and W_e per modality (Fig. 5); without selection: 1 on labelled pixels, 0 elsewhere."""
+                selection: bool, validate: bool = True) -> dict[str, dict[str, Tensor]]:
+        """W_l and W_e per modality (Fig. 5); without selection: 1 on labelled pixels, 0 elsewhere.
+
+        ``validate`` as in :meth:`targets`."""
         if not selection:
             labelled = (labels != IGNORE_INDEX).float()
             return {m: {"w_l": labelled, "w_e": labelled} for m in probs}
         return selection_weights(probs, labels, alpha, gamma, self.num_classes, IGNORE_INDEX,
-                                 enhance=self.cfg.method.enhance, sync=self.sync_selection())
+                                 enhance=self.cfg.method.enhance, sync=self.sync_selection(), validate=validate)
 
     def objective(self, logits: dict[str, Tensor], probs: dict[str, Tensor], targets: Tensor,
                   weights: dict[str, dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -207,93 +261,163 @@ class CromSSModule(L.LightningModule):
         # on_train_epoch_start, so that epoch is seeded here; ``first_epoch`` is set by pretrain()
         # from the checkpoint when resuming (the loop state is restored only after this hook)
         self._reseed(self.first_epoch)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(self, "batch_preprocess", None) is None and hasattr(datamodule, "preprocess"):
+            datamodule.preprocess  # noqa: B018 - built (band statistics read) now, not inside the first step
+        self._bn_saved = [torch.empty_like(b) for b in self.net.buffers()]
 
     def on_train_epoch_start(self) -> None:
         # per-rank, per-epoch seeds: ranks augment differently; a resumed run replays the same stream
         if self.current_epoch != self._seeded_epoch:
             self._reseed(self.current_epoch)
+        total = self.trainer.num_training_batches
+        size = int(total) if isinstance(total, int | float) and math.isfinite(total) else 0
+        self._epoch_skip_ranks = torch.zeros(size, dtype=torch.int64, device=self.device)
+        self._epoch_skip_steps = torch.zeros(size, dtype=torch.int64, device=self.device)
+        self._epoch_skipped_before = self._skipped_total.clone()
 
-    def _maybe_inject_failure(self) -> None:
-        rank = os.environ.get(FAIL_RANK_ENV)
-        if rank is not None and int(rank) == self.global_rank and self.global_step >= int(
-                os.environ.get(FAIL_STEP_ENV, "0")):
-            raise DataError(f"injected failure on rank {self.global_rank} at step {self.global_step} "
-                            f"(test hook {FAIL_RANK_ENV})")
+    # ------------------------------------------------------------------ the non-finite-loss skip
+    def _nonfinite_ranks(self, loss: Tensor) -> Tensor:
+        """int64 scalar: bit r set if rank r's loss is NaN/Inf (0 = finite on every rank; with more than
+        63 ranks only "some rank": -1). One all_reduce of a [world] flag vector, no host read, so every
+        rank takes the same decision."""
+        import torch.distributed as dist
 
-    def _test_hooks(self, batch: dict[str, Any]) -> None:
-        log = os.environ.get(SAMPLE_LOG_ENV)
-        if log:
-            with open(f"{log}.rank{self.global_rank}", "a") as handle:
-                handle.write(f"{self.current_epoch} {self.global_step} {self.global_rank} {' '.join(batch['id'])}\n")
-        stall = os.environ.get(STALL_STEP_ENV)
-        if stall is not None and self.global_step == int(stall):
-            if log:
-                with open(f"{log}.stalled{self.global_rank}", "w") as handle:
-                    handle.write(str(self.global_step))
-            while True:
-                time.sleep(1)
+        bad = (~torch.isfinite(loss.detach())).to(torch.float32)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1 or not (dist.is_available() and dist.is_initialized()):
+            return bad.to(torch.int64)
+        flags = torch.zeros(world, dtype=torch.float32, device=loss.device)
+        flags[self.global_rank] = bad
+        dist.all_reduce(flags)
+        hit = (flags > 0).to(torch.int64)
+        if world > 63:
+            return -hit.amax()
+        return (hit << torch.arange(world, device=loss.device)).sum()
 
-    def _all_ranks_finite(self, loss: Tensor) -> bool:
-        """True if the loss is finite on every rank (all ranks must skip together, or DDP would hang)."""
-        bad = (~torch.isfinite(loss.detach())).float()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        return not bool(bad > 0)
+    def _uses_grad_scaler(self) -> bool:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        return scaler is not None
 
-    def _skip_step(self, loss: Tensor, batch_size: int) -> None:
-        self.skipped_steps += 1
+    def _arm_skip(self, skip: Tensor) -> None:
+        """Hand the skip decision to the optimizer step (and on_after_backward) without a host read.
+
+        'found_inf' (no GradScaler: 32-bit, bf16-mixed): the fused Adam reads
+        ``optimizer.found_inf`` (as under GradScaler): 1 skips the update of weights and moments on the
+        device and reverts the step count. 'scaler' (16-mixed with GradScaler): GradScaler owns
+        ``found_inf``; :meth:`on_after_backward` makes the gradients NaN, so GradScaler's own check skips.
+        """
+        self._skip_flag = skip
+        if self._trainer is None or self.skip_mode != "found_inf":
+            return
+        for optimizer in self.trainer.optimizers:
+            optimizer.found_inf = skip.to(torch.float32)
+
+    def on_after_backward(self) -> None:
+        if self._skip_flag is None:
+            return
+        # after backward: batch_norm saved its running statistics for the backward pass (version check)
+        self._keep_buffers_unless(self._skip_flag)
+        if self.skip_mode != "scaler":
+            return
+        # 16-mixed: poison this step's gradients so that GradScaler's own inf check skips it
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            factor = torch.where(self._skip_flag, torch.full((), math.nan, device=self._skip_flag.device),
+                                 torch.ones((), device=self._skip_flag.device))
+            torch._foreach_mul_(grads, factor)
+
+    def _keep_buffers_unless(self, skip: Tensor) -> None:
+        """Undo this step's BatchNorm-statistics update when ``skip`` (torch.where; no host read).
+
+        Called after backward: batch_norm keeps its running-statistics inputs for the backward pass."""
+        if self._bn_saved is None:
+            return
+        for buffer, saved in zip(self.net.buffers(), self._bn_saved):
+            torch.where(skip, saved, buffer, out=buffer)
+
+    def _record_skip(self, ranks: Tensor, batch_idx: int) -> None:
+        self._skipped_total += (ranks != 0).to(torch.int64)
+        if self._epoch_skip_ranks is not None and batch_idx < self._epoch_skip_ranks.numel():
+            self._epoch_skip_ranks[batch_idx] = ranks
+            self._epoch_skip_steps[batch_idx] = self.global_step
+
+    def _report_skips(self) -> None:
+        """Once per epoch (one host read): log train/skipped_steps and warn with the steps and ranks."""
+        self.log("train/skipped_steps", self._skipped_total.to(torch.float32), on_step=False, on_epoch=True)
+        before = self._epoch_skipped_before
+        skipped = int(self._skipped_total - before) if before is not None else 0
+        if skipped == 0 or self.global_rank != 0:
+            return
+        where = ""
+        if self._epoch_skip_ranks is not None and self._epoch_skip_ranks.numel():
+            hit = self._epoch_skip_ranks != 0
+            steps, ranks = self._epoch_skip_steps[hit].tolist(), self._epoch_skip_ranks[hit].tolist()
+            shown = [f"{step} (rank {', '.join(str(r) for r in range(63) if bits >> r & 1)})" if bits > 0
+                     else str(step) for step, bits in zip(steps, ranks)][:20]
+            where = f" at global step {', '.join(shown)}{' ...' if len(steps) > 20 else ''}"
+        total = self.trainer.num_training_batches
+        of = f" of {int(total)}" if isinstance(total, int | float) and math.isfinite(total) else ""
         warnings.warn(
-            f"non-finite loss ({float(loss.detach()):g} on rank {self.global_rank}) "
-            f"at epoch {self.current_epoch} "
-            f"step {self.global_step}: optimizer step skipped, weights and BatchNorm statistics unchanged "
-            f"(train/skipped_steps = {self.skipped_steps}); see docs/troubleshooting.md",
+            f"non-finite loss (NaN/Inf) in {skipped}{of} training steps of epoch {self.current_epoch}{where}: "
+            f"optimizer step skipped on every rank each time, weights, Adam moments and BatchNorm statistics "
+            f"unchanged (train/skipped_steps = {self.skipped_steps}); see docs/troubleshooting.md",
             UserWarning, stacklevel=2,
         )
-        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=batch_size, on_step=True,
-                 on_epoch=False)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        """Eq. (1) for one batch; returns None (no backward, no optimizer step) if the loss is NaN/Inf."""
-        self._maybe_inject_failure()
-        if SAMPLE_LOG_ENV in os.environ or STALL_STEP_ENV in os.environ:
-            self._test_hooks(batch)
+    # ------------------------------------------------------------------ the step
+    def _device_scalars(self, values: list[float]) -> list[Tensor]:
+        """Python numbers -> device scalars by fill kernels (the value travels as a kernel argument): no
+        host-to-device copy, which on CUDA would synchronise (as ``torch.tensor(value, device=...)`` does)."""
+        return [torch.full((), float(value), dtype=torch.float32, device=self.device) for value in values]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Eq. (1) for one batch. Reads no value back to the host. A NaN/Inf loss on any rank still goes
+        through backward, but the optimizer step is skipped on every rank (weights, Adam moments and step
+        count unchanged) and this step's BatchNorm-statistics update is undone."""
         # the forward pass updates BatchNorm running statistics: keep a copy to undo a NaN batch's update
-        buffers = list(self.net.buffers())
-        saved_buffers = [b.detach().clone() for b in buffers]
+        if self._bn_saved is not None:
+            torch._foreach_copy_(self._bn_saved, list(self.net.buffers()))
         method, labels = self.cfg.method, batch["label"]
         logits = self._forward(batch)
         probs = {m: out.float().softmax(dim=1) for m, out in logits.items()}
         epoch = self.fractional_epoch(batch_idx)
         alpha, gamma = alpha_at(epoch, method.alpha0, method.rampup_epochs), gamma_at(epoch, method.rampup_epochs)
-        targets = self.targets(batch)
+        # labels and seasons were checked by the loader (cromss.data.core): no host reads here
+        targets = self.targets(batch, validate=False)
         started = time.perf_counter()
-        weights = self.weights(probs, labels, alpha, gamma, method.selection)
+        weights = self.weights(probs, labels, alpha, gamma, method.selection, validate=False)
         selection_ms = 1000.0 * (time.perf_counter() - started)
         loss, terms = self.objective(logits, probs, targets, weights)
-        if not self._all_ranks_finite(loss):
-            # a NaN/Inf loss would poison the weights (and Adam's moments) for good: skip this step
-            self._skip_step(loss, labels.shape[0])
-            with torch.no_grad():
-                for buffer, saved in zip(buffers, saved_buffers):
-                    buffer.copy_(saved)
-            return None
-        self._log_train(loss, terms, alpha, gamma, selection_ms, weights, labels)
+        ranks = self._nonfinite_ranks(loss)
+        skip = ranks != 0
+        self._record_skip(ranks, batch_idx)
+        self._arm_skip(skip)  # the BatchNorm statistics are restored in on_after_backward
+        self._log_train(loss, terms, alpha, gamma, selection_ms, weights, labels, ~skip)
         return loss
 
     def _log_train(self, loss: Tensor, terms: dict[str, Tensor], alpha: float, gamma: float,
-                   selection_ms: float, weights: dict[str, dict[str, Tensor]], labels: Tensor) -> None:
+                   selection_ms: float, weights: dict[str, dict[str, Tensor]], labels: Tensor, ok: Tensor) -> None:
         batch_size = labels.shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, on_step=True, on_epoch=True)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value.detach(), batch_size=batch_size, on_step=True, on_epoch=True)
-        self.log("train/alpha", alpha, batch_size=batch_size, on_step=True, on_epoch=False)
-        self.log("train/gamma", gamma, batch_size=batch_size, on_step=True, on_epoch=False)
-        self.log("train/selection_ms", selection_ms, batch_size=batch_size, on_step=True, on_epoch=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size,
-                 on_step=True, on_epoch=False)
+        # a progress-bar value is converted to a Python number at EVERY step by Lightning: only with a bar
+        bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
+        for name, value in (("loss", loss), *terms.items()):
+            mean = self.train_means[name]
+            mean(value, batch_size, ok)
+            self.log(f"train/{name}", mean, prog_bar=bar and name == "loss", batch_size=batch_size, on_step=True,
+                     on_epoch=True)
+        # Python numbers would each be a blocking upload (Lightning makes them device tensors by a copy)
+        scalars = [alpha, gamma, self.optimizers().param_groups[0]["lr"]]
+        # host wall time measures the selection only where the work is synchronous: on the CPU
+        timed = self.device.type == "cpu"
+        values = self._device_scalars([*scalars, selection_ms] if timed else scalars)
+        for index, name in enumerate(("alpha", "gamma", "lr")):
+            self.log(f"train/{name}", values[index], batch_size=batch_size, on_step=True, on_epoch=False)
+        if timed:
+            self.log("train/selection_ms", values[3], batch_size=batch_size, on_step=True, on_epoch=True)
         for m in self.modalities:
-            self.train_w_l[m].update(weights[m]["w_l"].detach(), labels)
-            self.train_w_e[m].update(weights[m]["w_e"].detach(), labels)
+            self.train_w_l[m].update(weights[m]["w_l"].detach(), labels, ok)
+            self.train_w_e[m].update(weights[m]["w_e"].detach(), labels, ok)
 
     def on_train_epoch_end(self) -> None:
         for kind, metrics in (("w_l", self.train_w_l), ("w_e", self.train_w_e)):
@@ -303,6 +427,7 @@ class CromSSModule(L.LightningModule):
                     if not math.isnan(value):
                         self.log(f"train/{kind}_{m}/{self.class_names[c]}", value, sync_dist=True)
                 metrics[m].reset()
+        self._report_skips()
         # the plateau scheduler is stepped here (not by Lightning) so that last.ckpt, written later in
         # this hook chain, already holds its post-step state: resuming then reproduces the run exactly
         if self._plateau is not None and self._val_loss_epoch and self._val_loss_epoch[0] == self.current_epoch:
@@ -316,7 +441,7 @@ class CromSSModule(L.LightningModule):
         probs = {m: out.float().softmax(dim=1) for m, out in logits.items()}
         # validation loss: the plain objective (one-hot noisy labels, every labelled pixel weight 1),
         # comparable across epochs and methods; it drives ReduceLROnPlateau and best.ckpt
-        plain = self.weights(probs, labels, 1.0, 0.0, selection=False)
+        plain = self.weights(probs, labels, 1.0, 0.0, selection=False, validate=False)
         loss, terms = self.objective(logits, probs, one_hot_targets(labels, self.num_classes), plain)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
         for name, value in terms.items():
@@ -337,7 +462,7 @@ class CromSSModule(L.LightningModule):
         method = self.cfg.method
         epoch = 0.0 if self.trainer.sanity_checking else float(self.current_epoch + 1)
         alpha, gamma = alpha_at(epoch, method.alpha0, method.rampup_epochs), gamma_at(epoch, method.rampup_epochs)
-        weights = self.weights(probs, labels, alpha, gamma, selection=True)
+        weights = self.weights(probs, labels, alpha, gamma, selection=True, validate=False)
         known = (labels != IGNORE_INDEX) & (truth != IGNORE_INDEX)
         noisy = (labels != truth)[known].long()
         for m in self.modalities:
@@ -356,7 +481,18 @@ class CromSSModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optim = self.cfg.optim
         factory = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
-        optimizer = factory(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        # fused: one kernel per step, and it reads `found_inf` (see _arm_skip) to skip a non-finite step on
+        # the device. With GradScaler (16-mixed on a GPU) and gradient clipping the plain Adam is used:
+        # GradScaler would unscale inside a fused step, after Lightning's clipping (docs/pretraining.md)
+        scaler = self._uses_grad_scaler()
+        clip = self._trainer is not None and bool(self.trainer.gradient_clip_val)
+        fused = not (scaler and clip)
+        self.skip_mode = "scaler" if scaler else "found_inf"
+        optimizer = factory(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
+        if not scaler:
+            # nothing is scaled, so nothing unscales inside the step: Lightning may clip gradients before
+            # it (it refuses to for optimizers that declare amp-scaling support, as fused ones do)
+            optimizer._step_supports_amp_scaling = False
         if optim.scheduler == "plateau":
             self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=optim.factor, patience=optim.patience)
@@ -368,6 +504,9 @@ class CromSSModule(L.LightningModule):
         if self._plateau is not None:
             checkpoint["cromss_plateau_scheduler"] = self._plateau.state_dict()
         checkpoint["cromss_skipped_steps"] = self.skipped_steps
+        # the epoch's metrics (val/loss, mIoU, noise AUC, ...): a weights-only best.ckpt still says what it is
+        if self._trainer is not None:
+            checkpoint[METRICS_KEY] = checkpoint_metrics(self.trainer.callback_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._plateau_state = checkpoint.get("cromss_plateau_scheduler")

@@ -8,7 +8,8 @@ Run folder ``<output_dir>/<name>/``::
     cromss.lock          while a process trains the run: its pid and host
     tensorboard/         TensorBoard events (``tensorboard --logdir <run>/tensorboard``)
     checkpoints/last.ckpt  every trainer.last_checkpoint_every_n_epochs epochs and after the last (resume)
-    checkpoints/best.ckpt  lowest validation loss so far (written only when it improves)
+    checkpoints/best.ckpt  lowest validation loss so far (written only when it improves; weights, config,
+                           epoch and metrics, no optimizer state)
     checkpoints/epoch=N.ckpt  every k epochs with trainer.checkpoint_every_n_epochs = k (N 0-based)
     summary.json         final metrics, incl. the noise-detection ROC-AUC per modality
 """
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,12 +119,15 @@ def _check_same_architecture(state: dict[str, Any], cfg: PretrainConfig, run_dir
         )
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Any] | None = None) -> dict[str, Any]:
     """Train one CromSS model as configured; return the summary (also written to summary.json).
 
     ``resume=True`` continues from ``<run>/checkpoints/last.ckpt`` (same seed and data order:
     the result equals an uninterrupted run on CPU). Without ``resume`` an existing run with a
     checkpoint is refused (pick another ``name`` or pass ``--resume``).
+
+    ``callbacks``: extra Lightning callbacks for the Trainer, after cromss's own (e.g. a profiler, an
+    early-stopping rule, or a test's fault injection); with DDP each rank must pass the same ones.
 
     The run folder is locked (``cromss.lock``: a second process stops at once) and append-only
     (:mod:`cromss.training.history`): a resume keeps ``config.yaml`` and the earlier rows of
@@ -139,7 +145,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     if _process_rank() != 0:  # DDP ranks > 0 write nothing; rank 0 holds the lock
         start_epoch = _start_epoch(cfg, resume, run_dir, last)
         _check_data(cfg, datamodule)
-        return _fit(cfg, resume, run_dir, last, start_epoch, None, datamodule)
+        return _fit(cfg, resume, run_dir, last, start_epoch, None, datamodule, callbacks)
     # folders this launch creates (output_dir too): removed again, if still empty, when a check fails
     created = [p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()]
     prepare_output_dir(run_dir, "run folder")
@@ -155,7 +161,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             _remove_if_empty(folder)
         raise
     try:
-        return _launch(cfg, resume, run_dir, last, start_epoch, datamodule)
+        return _launch(cfg, resume, run_dir, last, start_epoch, datamodule, callbacks)
     finally:
         lock.release()
 
@@ -206,7 +212,7 @@ def _start_epoch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path) -
 
 
 def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int,
-            datamodule: Any = None) -> dict[str, Any]:
+            datamodule: Any = None, extra_callbacks: Sequence[Any] | None = None) -> dict[str, Any]:
     """Rank 0, lock held, checks passed: record this launch's config, then train."""
     from cromss.outputs import atomic_write_bytes
     from cromss.training.history import next_launch, record_launch_config
@@ -221,7 +227,7 @@ def _launch(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_
     if changes:
         print(f"cromss pretrain --resume: config differs from the previous launch ({path} has the diff "
               f"{path.with_suffix('.diff').name}): " + "; ".join(changes))
-    return _fit(cfg, resume, run_dir, last, start_epoch, launch, datamodule)
+    return _fit(cfg, resume, run_dir, last, start_epoch, launch, datamodule, extra_callbacks)
 
 
 #: Messages of torch.distributed / gloo / NCCL when a peer process died in a collective.
@@ -240,7 +246,7 @@ def _peer_failed(err: BaseException) -> bool:
 
 
 def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epoch: int,
-         launch: int | None, datamodule: Any = None) -> dict[str, Any]:
+         launch: int | None, datamodule: Any = None, extra_callbacks: Sequence[Any] | None = None) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -248,6 +254,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
     from cromss.checkpoints import AtomicCheckpointIO, fit_interruptible, last_checkpoint_callback
     from cromss.data import CromSSDataModule
     from cromss.outputs import atomic_write_text, os_error_in, output_error
+    from cromss.training.console import best_epoch_of, pretrain_console
     from cromss.training.history import append_csv_logger
     from cromss.training.module import CromSSModule
 
@@ -260,9 +267,12 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = CromSSModule(cfg)
     datamodule = datamodule if datamodule is not None else CromSSDataModule(cfg.data)
+    # best.ckpt: weights, config, epoch and metrics only (what export / evaluate / analyze / predict read);
+    # last.ckpt keeps the optimizer, scheduler, loop and callback state for an exact resume
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir, filename=Path(BEST_CHECKPOINT).stem, monitor="val/loss", mode="min",
         save_top_k=1, save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False,
+        save_weights_only=True,
     )
     # Lightning's save_last only writes when a best checkpoint was written too: a second callback
     # without a monitor writes last.ckpt (trainer.last_checkpoint_every_n_epochs / _n_steps, and the final epoch)
@@ -276,8 +286,10 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
             every_n_epochs=cfg.trainer.checkpoint_every_n_epochs, save_on_train_epoch_end=True,
             auto_insert_metric_name=False, enable_version_counter=False,
         ))
-    if cfg.trainer.progress_bar:
-        callbacks.append(RichProgressBar())
+    # a progress bar only on a terminal; otherwise (logs, batch jobs) one line per epoch and a summary
+    progress_bar = cfg.trainer.progress_bar and sys.stdout.isatty()
+    callbacks.append(RichProgressBar() if progress_bar else pretrain_console(cfg, run_dir, checkpoint))
+    callbacks.extend(extra_callbacks or ())
     loggers = [
         # continues metrics.csv across resumes (launch column), never deletes it
         append_csv_logger(run_dir, launch or 0),
@@ -290,7 +302,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         check_val_every_n_epoch=t.check_val_every_n_epoch, num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=t.progress_bar, callbacks=callbacks, logger=loggers,
+        enable_progress_bar=progress_bar, callbacks=callbacks, logger=loggers,
         # <file>.tmp + fsync + rename: a kill -9 mid-save leaves the previous last.ckpt intact;
         # reads are weights-only (a checkpoint that pickles code is refused, never executed)
         plugins=[AtomicCheckpointIO()],
@@ -328,6 +340,7 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
         "skipped_steps": module.skipped_steps,  # optimizer steps skipped for a NaN/Inf loss (this rank)
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": checkpoint.best_model_path or None,
+        "best_epoch": best_epoch_of(checkpoint.best_model_path) if checkpoint.best_model_path else None,
         "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "last_checkpoint": str(last) if last.is_file() else None,
         "noise_auc": {},
@@ -339,6 +352,8 @@ def _fit(cfg: PretrainConfig, resume: bool, run_dir: Path, last: Path, start_epo
             summary["noise_auc"][modality] = value
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "run summary")
+        if not progress_bar:
+            return summary  # the console callback printed the AUC, the run folder and the next commands
         if summary["noise_auc"]:
             aucs = ", ".join(f"{m} {v:.3f}" for m, v in summary["noise_auc"].items())
             print(f"noise-detection ROC-AUC of 1 - W_l (validation): {aucs}")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cromss.checkpoints import METRICS_KEY, checkpoint_metrics
 from cromss.config import from_dict, to_dict
 from cromss.data.preprocess import AUG_KEY, preprocess_batch
 from cromss.errors import DataError
@@ -87,6 +88,11 @@ def _lightning_module_class() -> type:
             for name in SCALAR_METRICS:
                 value = result[name]
                 self.log(f"val_{name}", 0.0 if math.isnan(value) else value, sync_dist=False)
+
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            # the epoch's val_* metrics: the weights-only best.ckpt still says what it scored
+            if self._trainer is not None:
+                checkpoint[METRICS_KEY] = checkpoint_metrics(self.trainer.callback_metrics)
 
         def configure_optimizers(self) -> Any:
             params = [p for p in self.parameters() if p.requires_grad]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -167,8 +168,9 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from cromss.checkpoints import AtomicCheckpointIO
+    from cromss.checkpoints import AtomicCheckpointIO, last_checkpoint_callback
     from cromss.data import CromSSDataModule
+    from cromss.training.console import EpochConsole, finetune_columns
 
     run_cfg = _run_config(cfg, seed)
     if _rank() == 0:
@@ -180,11 +182,19 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
     datamodule = CromSSDataModule(run_cfg.data)
     module = build_module(run_cfg)
 
+    # best.ckpt holds the weights, config, epoch and metrics (what evaluate / predict read), no optimizer
+    # state; last.ckpt (its own writer) keeps everything
     checkpoint = ModelCheckpoint(
         dirpath=work_dir / "checkpoints", filename="best", monitor="val_miou", mode="max",
-        save_last=True, auto_insert_metric_name=False,
+        auto_insert_metric_name=False, save_weights_only=True,
     )
+    last_writer = last_checkpoint_callback(work_dir / "checkpoints", "last")
     options = run_cfg.trainer
+    # a progress bar only on a terminal; otherwise one line per epoch
+    progress_bar = options.enable_progress_bar and sys.stdout.isatty()
+    console = [] if progress_bar else [EpochConsole(
+        finetune_columns(), ("train_loss", "val_loss"), monitor="val_miou", mode="max", checkpoint=checkpoint,
+        prefix=f"{cfg.label} {cfg.mode} seed {seed}: ")]
     trainer = pl.Trainer(
         max_epochs=run_cfg.epochs,
         accelerator=options.accelerator,
@@ -194,10 +204,10 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
         limit_val_batches=options.limit_val_batches,
         log_every_n_steps=options.log_every_n_steps,
         deterministic=options.deterministic,
-        enable_progress_bar=options.enable_progress_bar,
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, last_writer, *console],
         # checkpoints via <file>.tmp + rename: a crash mid-save never leaves a truncated best.ckpt
         plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(save_dir=work_dir, name="logs", version=""),
@@ -221,7 +231,7 @@ def _fit_and_test(cfg: FinetuneConfig, seed: int, work_dir: Path, run_dir: Path)
 
     if not trainer.is_global_zero:  # multi-device: rank 0 alone tests and writes the results
         return None
-    best_path = checkpoint.best_model_path or checkpoint.last_model_path
+    best_path = checkpoint.best_model_path or last_writer.last_model_path or last_writer.best_model_path
     state = safe_torch_load(Path(best_path), what="fine-tuning checkpoint")
     module.load_state_dict(state["state_dict"])
     datamodule.setup("test")

@@ -17,13 +17,13 @@ cromss data index own-data/floods --image s2='s2/*.tif' --image s1='s1/*.tif' --
 cromss data inspect own-data/floods
 
 # 3. CromSS pretraining on the noisy label (prints the noise-flagging ROC-AUC against the reference)
-cromss pretrain --config configs/own-data/floods-pretrain.yaml
+cromss pretrain --config configs/own-data/floods-pretrain-smoke.yaml
 cromss export-encoder runs/own-data/floods-midf --modality s2 own-data/floods-s2.safetensors
 
 # 4. the downstream task: the hand label, same tiles (S2 only), 4 test tiles
 cromss data tile --input s2=${CHIP}_S2Hand.tif --input hand=${CHIP}_LabelHand.tif --size 128 --prefix spain --out own-data/floods-hand
 cromss data index own-data/floods-hand --image s2='s2/*.tif' --label 'hand/*.tif' --classes configs/own-data/water-classes.csv --test-split configs/own-data/test-tiles.txt
-cromss finetune --config configs/own-data/floods-finetune.yaml --encoder own-data/floods-s2.safetensors --label cromss
+cromss finetune --config configs/own-data/floods-finetune-smoke.yaml --encoder own-data/floods-s2.safetensors --label cromss
 cromss evaluate runs/own-data/finetune/floods-hand/cromss/finetuned/seed0 --split test
 
 # 5. a map of the whole scene on its own grid, with the run's statistics, classes and colours
