@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixtures import TINY_ENCODER
 
 from cromss.analysis import (
     bn_kl,
@@ -113,25 +114,49 @@ def test_pca_curve_rejects_constant_features():
         pca_curve(np.ones((10, 3)))
 
 
-def test_stage_features_shapes():
+def test_stage_features_are_the_pooled_resnet_stages():
+    """Image level: the spatial means of torchvision's ResNet-18 stages (stem, layer1-4) with the encoder's
+    weights; pixel level: k distinct pixel vectors of each image's stage map."""
     import segmentation_models_pytorch as smp
+    import torchvision
 
+    torch.manual_seed(0)
     encoder = smp.encoders.get_encoder("resnet18", in_channels=3, depth=5, weights=None).eval()
+    reference = torchvision.models.resnet18(weights=None).eval()
+    missing = reference.load_state_dict(encoder.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["fc.bias", "fc.weight"]
     images = torch.randn(2, 3, 64, 64)
-    image_level = stage_features(encoder, images)
+    with torch.no_grad():
+        stem = reference.relu(reference.bn1(reference.conv1(images)))
+        maps = [stem]
+        x = reference.maxpool(stem)
+        for layer in (reference.layer1, reference.layer2, reference.layer3, reference.layer4):
+            x = layer(x)
+            maps.append(x)
+        image_level = stage_features(encoder, images)
+        pixel_level = stage_features(encoder, images, pixels_per_image=10,
+                                     generator=torch.Generator().manual_seed(0))
     assert [tuple(f.shape) for f in image_level] == [(2, 64), (2, 64), (2, 128), (2, 256), (2, 512)]
-    pixel_level = stage_features(encoder, images, pixels_per_image=10,
-                                 generator=torch.Generator().manual_seed(0))
-    # stage 5 of a 64 px image has 2x2 = 4 pixels per image
+    for got, stage in zip(image_level, maps):
+        torch.testing.assert_close(got, stage.mean(dim=(2, 3)), atol=1e-5, rtol=1e-5)
+    # stage 5 of a 64 px image has 2x2 = 4 pixels per image: all of them
     assert [tuple(f.shape) for f in pixel_level] == [(20, 64), (20, 64), (20, 128), (20, 256), (8, 512)]
+    for got, stage in zip(pixel_level, maps):
+        k = got.shape[0] // 2
+        for i in range(2):
+            pixels = stage[i].flatten(1).T  # [H * W, D]
+            distance = torch.cdist(got[i * k:(i + 1) * k], pixels, compute_mode="donot_use_mm_for_euclid_dist")
+            nearest = distance.argmin(dim=1)
+            assert float(distance.min(dim=1).values.max()) < 1e-4  # each row is a pixel of image i
+            assert len(set(nearest.tolist())) == k  # k distinct pixels
 
 
 # ----------------------------------------------------------------------------- glue: checkpoints, CLI
-def _tiny_cfg(fusion: str = "mid"):
+def _tiny_cfg(fusion: str = "mid", encoder: str = "resnet18"):
     from cromss.models import ModelConfig
 
     modalities = ["s2"] if fusion == "single" else ["s1", "s2"]
-    return ModelConfig(encoder="resnet18", fusion=fusion, modalities=modalities,
+    return ModelConfig(encoder=encoder, fusion=fusion, modalities=modalities,
                        decoder_channels=[32, 16, 16, 8, 8])
 
 
@@ -152,7 +177,40 @@ def _perturb_bn(net, shift: float):
                 module.running_var *= 1.0 + shift
 
 
-def test_bn_kl_curve_and_cli(tmp_path):
+def _record_plots(monkeypatch) -> list[dict]:
+    """For every curve figure saved: its path, figure size in pixels, and per axes the title, the (x, y)
+    data of each drawn line (not the dashed diagonal) and the bar heights."""
+    import cromss.analysis.plots as plots
+
+    figures: list[dict] = []
+    original = plots._save_figure
+
+    def save(plt, fig, out):
+        axes = [{"title": ax.get_title(),
+                 "lines": [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()
+                           if line.get_linestyle() != "--"],
+                 "bars": [patch.get_height() for patch in ax.patches]} for ax in fig.axes]
+        size = tuple(round(v * 110) for v in fig.get_size_inches())
+        path = original(plt, fig, out)
+        figures.append({"path": path, "size": size, "axes": axes})
+        return path
+
+    monkeypatch.setattr(plots, "_save_figure", save)
+    return figures
+
+
+def _png_shows(path, size, colours) -> None:
+    """The PNG reads back at ``size`` (w, h) px and holds pixels of each colour (hex), e.g. a curve's."""
+    import matplotlib.image
+
+    png = (matplotlib.image.imread(path)[..., :3] * 255).round().astype(int)
+    assert (png.shape[1], png.shape[0]) == size
+    for colour in colours:
+        rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        assert (np.abs(png - rgb).max(axis=-1) <= 2).sum() > 20, f"no {colour} pixels in {path}"
+
+
+def test_bn_kl_curve_and_cli(tmp_path, monkeypatch):
     from cromss.analysis import bn_kl_curve
     from cromss.cli import main
     from cromss.models import build_model
@@ -172,12 +230,22 @@ def test_bn_kl_curve_and_cli(tmp_path):
     assert curve[1]["encoder"] > 0 and curve[1]["decoder"] > 0
     assert main(["analyze", "bn-kl", str(tmp_path / "single"), str(tmp_path / "mid"),
                  "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "bn_kl.png").stat().st_size > 1000
     data = __import__("json").loads((tmp_path / "out" / "bn_kl.json").read_text())
     assert list(data) == ["single vs mid"]
+    # the figure: encoder and decoder panels, each one line of the curve's values per epoch (first colour C0)
+    figures = _record_plots(monkeypatch)
+    assert main(["analyze", "bn-kl", str(tmp_path / "single"), str(tmp_path / "mid"),
+                 "--out", str(tmp_path / "out2")]) == 0
+    (figure,) = figures
+    assert figure["path"] == tmp_path / "out2" / "bn_kl.png"
+    for axis, part in zip(figure["axes"], ("encoder", "decoder")):
+        assert axis["title"] == f"BN statistics KL: {part}"
+        ((epochs, values),) = axis["lines"]
+        assert epochs == [1.0, 2.0] and values == pytest.approx([row[part] for row in curve])
+    _png_shows(figure["path"], figure["size"], ["#1f77b4"])
 
 
-def test_weight_kl_cli_before_after(tmp_path):
+def test_weight_kl_cli_before_after(tmp_path, monkeypatch):
     from cromss.analysis import weight_kl_parts
     from cromss.cli import main
     from cromss.models import build_model
@@ -195,9 +263,14 @@ def test_weight_kl_cli_before_after(tmp_path):
     assert same["encoder"]["kl"] == 0.0 and same["decoder"]["kl"] == 0.0
     changed = weight_kl_parts(tmp_path / "before.ckpt", tmp_path / "after.ckpt")
     assert changed["encoder"]["kl"] > 0.0 and changed["decoder"]["kl"] == 0.0
+    figures = _record_plots(monkeypatch)
     assert main(["analyze", "weight-kl", str(tmp_path / "before.ckpt"), str(tmp_path / "after.ckpt"),
                  "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "weight_kl.png").is_file()
+    # one bar per part: -1 / log(KL) of the changed encoder, the unchanged decoder's KL 0 displayed as 0
+    (figure,) = figures
+    assert figure["path"] == tmp_path / "out" / "weight_kl.png"
+    assert figure["axes"][0]["bars"] == pytest.approx([neg_inv_log(changed["encoder"]["kl"]), 0.0])
+    _png_shows(figure["path"], figure["size"], ["#1f77b4"])
     assert main(["analyze", "weight-kl", str(tmp_path / "before.ckpt")]) == 2  # odd count -> clear error
 
 
@@ -211,29 +284,97 @@ def _batch(modalities=("s1", "s2"), size=32, n=2):
     return {k: v for k, v in batch.items() if k not in ("s1", "s2") or k in modalities}
 
 
-def test_selection_masks_and_panels(tmp_path):
+def _record_axes(monkeypatch) -> list[dict]:
+    """For every per-sample figure saved: its path and the pixel box (left, top, right, bottom, as saved at
+    100 dpi) of the image panel in each (row, column) of its grid."""
+    import cromss.analysis.panels as panels
+
+    figures: list[dict] = []
+    original = panels._save_panel
+
+    def save(plt, fig, out_dir, prefix, index, sample_id):
+        path = original(plt, fig, out_dir, prefix, index, sample_id)  # drawing applied imshow's equal aspect
+        fig.set_dpi(100)  # what _save_panel saves with: the boxes are in the PNG's pixels
+        height = fig.get_size_inches()[1] * 100
+        boxes = {}
+        for ax in fig.axes:
+            if ax.images and ax.get_subplotspec() is not None:
+                spec, extent = ax.get_subplotspec(), ax.get_window_extent()
+                boxes[spec.rowspan.start, spec.colspan.start] = (extent.x0, height - extent.y1, extent.x1,
+                                                                 height - extent.y0)
+        figures.append({"path": path, "boxes": boxes})
+        return path
+
+    monkeypatch.setattr(panels, "_save_panel", save)
+    return figures
+
+
+def _cell_colours(png, box, rows: int, cols: int):
+    """RGB at the centre of each of rows x cols cells of the panel ``box`` (left, top, right, bottom px)."""
+    left, top, right, bottom = box
+    ys = (top + (np.arange(rows) + 0.5) * (bottom - top) / rows).astype(int)
+    xs = (left + (np.arange(cols) + 0.5) * (right - left) / cols).astype(int)
+    return png[ys[:, None], xs[None, :], :3]
+
+
+def test_selection_masks_and_panels(tmp_path, monkeypatch):
+    import matplotlib
+    import matplotlib.image
+    from noise_reference import noise_scores
+
     from cromss.analysis import map_panels, mask_panels, selection_masks
     from cromss.models import build_model
+    from cromss.schema import DW_CLASSES
 
     torch.manual_seed(0)
-    net = build_model(_tiny_cfg("mid"))
+    net = build_model(_tiny_cfg("mid", TINY_ENCODER)).eval()  # the panels, not the network, are tested
     batch = _batch()
     masks = selection_masks(net, batch, alpha=0.5, gamma=1.0)
     assert set(masks) == {"s1", "s2"}
+    # W_l of the panels = the numpy reference of eqs. 8, 10, 11 on the net's softmax
+    with torch.no_grad():
+        logits = {m: net.forward_modality(m, batch[m]).float() for m in ("s1", "s2")}
+    probs = {m: v.softmax(1).numpy() for m, v in logits.items()}
+    reference = noise_scores(probs, batch["label"].numpy(), 0.5)
+    for m in ("s1", "s2"):
+        np.testing.assert_allclose(masks[m]["w_l"].numpy(), 1 - reference[m], atol=1e-6)
     for values in masks["s2"].values():
         assert values.shape == (2, 32, 32)
         assert float(values.min()) >= 0.0 and float(values.max()) <= 1.0 + 1e-6
-    # ignored pixels get no weight; with alpha = 0.5 some labelled pixels keep full weight 1
-    assert float(masks["s2"]["w_l"][:, :4].abs().max()) == 0.0
-    assert float(masks["s2"]["w_l"].max()) == pytest.approx(1.0)
+    assert float(masks["s2"]["w_l"][:, :4].abs().max()) == 0.0  # ignored rows: no weight
+    figures = _record_axes(monkeypatch)
     written = mask_panels(net, batch, tmp_path / "masks", 0.5, 1.0)
-    assert len(written) == 2 and all(p.stat().st_size > 5000 for p in written)
-    single = build_model(_tiny_cfg("single"))
+    assert [f["path"] for f in figures] == written and len(written) == 2
+    viridis = matplotlib.colormaps["viridis"]
+    palette = np.array([[int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)] for c in DW_CLASSES.colors] + [[1.0] * 3])
+    for i, figure in enumerate(figures):
+        png = matplotlib.image.imread(figure["path"])
+        # per modality row: column 1 the noisy label in the DW colours (ignored white), column 5 (input, noisy,
+        # true label, F_l, F_l', W_l) W_l in viridis on [0, 1]
+        for r, m in enumerate(("s1", "s2")):
+            label = batch["label"][i].numpy()
+            shown = _cell_colours(png, figure["boxes"][r, 1], 32, 32)
+            np.testing.assert_allclose(shown, palette[np.where(label == 255, 9, label)], atol=2 / 255)
+            shown = _cell_colours(png, figure["boxes"][r, 5], 32, 32)
+            np.testing.assert_allclose(shown, viridis(1 - reference[m][i])[..., :3], atol=0.02)
+    single = build_model(_tiny_cfg("single", TINY_ENCODER))
+    figures.clear()
     maps = map_panels({"mid": net, "single": single}, batch, tmp_path / "maps")
     assert len(maps) == 2 and maps[0].name == "maps_00_s0.png"
+    # panels: S2, S1, noisy label, true label, then each (run, modality) map: the argmax class in DW colours
+    with torch.no_grad():
+        predicted = [logits["s1"].argmax(1), logits["s2"].argmax(1),
+                     single.eval().forward_modality("s2", batch["s2"]).argmax(1)]
+    for i, figure in enumerate(figures):
+        png = matplotlib.image.imread(figure["path"])
+        true = batch["label_true"][i].numpy()
+        np.testing.assert_allclose(_cell_colours(png, figure["boxes"][0, 3], 32, 32), palette[true], atol=2 / 255)
+        for column, pred in enumerate(predicted, start=4):
+            shown = _cell_colours(png, figure["boxes"][0, column], 32, 32)
+            np.testing.assert_allclose(shown, palette[pred[i].numpy()], atol=2 / 255)
 
 
-def test_load_encoder_and_pca_plot(tmp_path):
+def test_load_encoder_and_pca_plot(tmp_path, monkeypatch):
     from cromss.analysis import load_encoder, pca_curves, plot_pca
     from cromss.models import build_model
 
@@ -247,7 +388,14 @@ def test_load_encoder_and_pca_plot(tmp_path):
     images = torch.rand(6, 13, 64, 64)
     curves = pca_curves(encoder, images, pixels_per_image=8)
     assert len(curves) == 5 and all(c[-1] == pytest.approx(1.0) for c in curves)
-    assert plot_pca({"run": curves}, tmp_path / "pca.png").stat().st_size > 1000
+    figures = _record_plots(monkeypatch)
+    plot_pca({"run": curves}, tmp_path / "pca.png")
+    (figure,) = figures
+    ((axis,),) = [figure["axes"]]
+    assert axis["title"] == "run" and len(axis["lines"]) == 5  # one per module, the diagonal aside
+    for (x, y), curve in zip(axis["lines"], curves):
+        assert y == pytest.approx(list(curve)) and x == pytest.approx(list(np.arange(1, len(curve) + 1) / len(curve)))
+    _png_shows(figure["path"], figure["size"], ["#1f77b4", "#ff7f0e", "#9467bd"])  # modules 1, 2, 5
 
 
 def test_analyze_cli_on_demo_run_then_report(tmp_path):

@@ -373,7 +373,12 @@ def test_clean_output_trains_with_pretrain_and_finetune(generic, tmp_path):
     }))
     assert main(["finetune", "--config", str(ft), "--encoder", str(tmp_path / "runs" / "on-clean")]) == 0
     metrics = json.loads(next((tmp_path / "ft").rglob("metrics.json")).read_text())
-    assert 0.0 <= metrics["miou"] <= 1.0 and metrics["class_names"] == ["water", "land", "urban"]
+    assert metrics["class_names"] == ["water", "land", "urban"]
+    confusion = np.array(metrics["confusion"], dtype=np.float64)  # mIoU by hand: classes with support only
+    tp, support, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
+    present = support > 0
+    assert present.any() and metrics["miou"] == pytest.approx(
+        float(np.mean(tp[present] / (support + predicted - tp)[present])), abs=1e-9)
 
 
 def test_clean_of_lmdb_data_writes_normalised_images_that_read_back_equal(demo, tmp_path):
@@ -385,6 +390,9 @@ def test_clean_of_lmdb_data_writes_normalised_images_that_read_back_equal(demo, 
     summary = run_audit(demo["run"], tmp_path / "audit", AuditOptions(progress=False, panels=0, clean=str(clean)))
     assert summary["clean"]["images"] == "written" and summary["georeferenced_maps"] == 0
     originals = dict(_all_samples(demo["cfg"]))
+    flagged = {f"{r['location']}@{r['time']}": int(r["flagged_pixels"])
+               for r in csv.DictReader((tmp_path / "audit" / "ranking.csv").open())}
+    assert summary["flagged_pixels"] == sum(flagged.values()) > 0
     seen = []
     for split in ("train", "val"):  # the audited run's own split of locations
         cleaned = build_dataset(DataConfig(kind="generic", root=str(clean), eval_seasons="all"), split, train=False)
@@ -398,7 +406,8 @@ def test_clean_of_lmdb_data_writes_normalised_images_that_read_back_equal(demo, 
             torch.testing.assert_close(sample["label_true"], original["label_true"])
             kept = sample["label"] != IGNORE_INDEX
             assert torch.equal(sample["label"][kept], original["label"][kept])
-            assert kept.sum() < (original["label"] != IGNORE_INDEX).sum() or not summary["flagged_pixels"]
+            # the flagged pixels of this sample (and only those) became unlabelled
+            assert int(kept.sum()) == int((original["label"] != IGNORE_INDEX).sum()) - flagged[seen[-1]]
     assert seen == list(originals)
 
 

@@ -62,9 +62,32 @@ def test_toy_benchmark_cleanlab_kfold_and_ndwi_ceiling(shared_dir, tmp_path, mon
     keep = ~(s2 == 0).all(axis=0) & (hand != -1)
     expected = roc_auc_score(((ndwi > 0).astype(int) != hand)[keep], -np.abs(ndwi)[keep])
     assert block["methods"]["NDWI-margin ceiling (-abs NDWI)"]["auc"] == pytest.approx(expected, abs=1e-9)
-    for name in ("cleanlab pixel scores, 2-fold S2", "cleanlab normalized margin, 2-fold S2",
-                 "cleanlab find_label_issues, 2-fold S2"):
-        assert 0.0 <= block["methods"][name]["auc"] <= 1.0
+    # cleanlab's pixel score is the self-confidence p[label] of the out-of-sample softmax: recomputed here from
+    # each fold's run on its held-out tiles (sklearn AUC of 1 - p[label] for the wrong NDWI labels); with 2
+    # classes the normalized margin (p[label] - p[other] + 1) / 2 ranks the pixels the same way
+    from noise_reference import run_batches
+
+    scores, wrong = [], []
+    for k in range(2):
+        batches = run_batches(tmp_path / "floods" / "runs" / f"single-S2-fold{k}", ("test",), 4,
+                              root=str(tmp_path / "floods" / "folds" / f"fold{k}"), crop_size=None, eval_crop=None,
+                              eval_seasons="all", max_samples=None)
+        for probs, labels, truth in batches:
+            known = (labels != 255) & (truth != 255)
+            confidence = np.take_along_axis(probs["s2"], np.where(known, labels, 0)[:, None], 1)[:, 0]
+            scores.append(1.0 - confidence[known])
+            wrong.append((labels != truth)[known])
+    assert sum(w.size for w in wrong) == block["pixels"]
+    self_confidence_auc = roc_auc_score(np.concatenate(wrong), np.concatenate(scores))
+    for name in ("cleanlab pixel scores, 2-fold S2", "cleanlab normalized margin, 2-fold S2"):
+        assert block["methods"][name]["auc"] == pytest.approx(self_confidence_auc, abs=1e-6), name
+    # the flags of find_label_issues are 0/1 scores: their ROC-AUC is (TPR + TNR) / 2, from the reported
+    # recall (TPR) and flagged fraction over the 262,045 pixels, 9.3 % of them wrong
+    flags = block["methods"]["cleanlab find_label_issues, 2-fold S2"]
+    n, positives = block["pixels"], round(block["wrong_fraction"] * block["pixels"])
+    true_positives = flags["recall"] * positives
+    false_positive_rate = (flags["flagged_fraction"] * n - true_positives) / (n - positives)
+    assert flags["auc"] == pytest.approx((flags["recall"] + 1 - false_positive_rate) / 2, abs=1e-9)
     # every location was predicted out of sample exactly once: each fold's held-out rows are its test split
     folds = [bench.samples_of(tmp_path / "floods" / "folds" / f"fold{k}") for k in range(2)]
     held = [{r["location"] for r in rows if r["split"] == "test"} for rows in folds]

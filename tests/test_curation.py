@@ -152,7 +152,24 @@ def test_filter_osm_tiles_writes_kept_list_and_histogram(tmp_path):
     assert summary["checked"] == 3 and summary["kept"] == 2 and sum(summary["counts"]) == 3
     # 20 bins of width 0.05: 0.74 -> [0.70, 0.75), 0.76 -> [0.75, 0.80), 1.0 -> last bin
     assert summary["counts"][14] == 1 and summary["counts"][15] == 1 and summary["counts"][19] == 1
-    assert paths["hist_png"].stat().st_size > 1000
+    # the PNG read back: 6 x 3.5 in at 100 dpi; three bars in #397D49 of one bin width each, over bins 14, 15
+    # (split by the dashed #C4281B threshold line at 0.75) and 19: centres 1 and 4 bins apart; all three
+    # of the same height (one tile each)
+    import matplotlib.image
+
+    png = (matplotlib.image.imread(paths["hist_png"])[..., :3] * 255).round().astype(int)
+    assert png.shape == (350, 600, 3)
+    bar = (png == (0x39, 0x7D, 0x49)).all(axis=-1)
+    assert (png == (0xC4, 0x28, 0x1B)).all(axis=-1).any()
+    columns = np.flatnonzero(bar.any(axis=0))
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    assert len(runs) == 3
+    width = np.mean([len(run) for run in runs])
+    assert all(abs(len(run) - width) <= 2 for run in runs)
+    centres = [run.mean() for run in runs]
+    assert (centres[2] - centres[1]) / (centres[1] - centres[0]) == pytest.approx(4.0, abs=0.3), centres
+    tops = {int(np.flatnonzero(bar[:, c])[0]) for c in columns if bar[:, c].sum() > 100}
+    assert max(tops) - min(tops) <= 1, tops  # equal heights
 
 
 def _parser():

@@ -170,13 +170,16 @@ def test_lmdb_wrong_season_count(tmp_path):
         _all_samples(_lmdb_set(tmp_path / "d", seasons=3))
 
 
-def test_restricted_unpickler_refuses_code():
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
 
-    with pytest.raises(DataError, match="cannot be decoded safely"):
+    class Evil:  # an unrestricted unpickler would run the shell command and leave the marker
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(DataError, match=r"x\.lmdb: value of key '0' cannot be decoded safely"):
         decode_lmdb_value(pickle.dumps((b"", (0,), Evil())), file="x.lmdb", key="0")
+    assert not marker.exists()
     # numpy integers in the shape are fine (they need numpy scalar reconstruction only)
     shape = (np.int64(2), np.int64(3))
     array, sample_id = decode_lmdb_value(pickle.dumps((bytes(6), shape, "0000042")), file="x.lmdb", key="0")

@@ -57,8 +57,24 @@ def test_cli_make_demo_inspect_and_stats(tmp_path, capsys):
     assert main(["data", "stats", str(out / "nol"), "--out", str(tmp_path / "st")]) == 0
     written = json.loads((tmp_path / "st" / "s2_stats.json").read_text())
     assert len(written["mean"]) == 13
+    # every band's mean / std = numpy over all its GeoTIFFs (3 locations x 4 seasons of 16 x 16 px)
+    for index, band in enumerate(written["bands"]):
+        values = []
+        for tif in sorted((out / "nol" / "s2c").rglob(f"{band}.tif")):
+            with rasterio.open(tif) as src:
+                values.append(src.read(1).astype(np.float64).ravel())
+        values = np.concatenate(values)
+        assert values.size == 3 * 4 * 16 * 16
+        assert written["mean"][index] == pytest.approx(values.mean(), rel=1e-10), band
+        assert written["std"][index] == pytest.approx(values.std(), rel=1e-8), band
+    # the 9-band normaliser takes the statistics of its bands by name from the 13 written
+    from cromss.schema import S2_9BANDS
+
     norm = ClipNormalize.for_modality("s2", 9, tmp_path / "st" / "s2_stats.json")
     assert norm.num_bands == 9
+    picked = [written["bands"].index(band) for band in S2_9BANDS]
+    np.testing.assert_allclose(norm.mean.numpy().ravel(), np.asarray(written["mean"])[picked], rtol=1e-6)
+    np.testing.assert_allclose(norm.std.numpy().ravel(), np.asarray(written["std"])[picked], rtol=1e-6)
     # existing output is not overwritten silently; the CLI reports a DataError with status 2
     assert main(["data", "make-demo", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -2,11 +2,17 @@
 
 The reference below is the sample assembly of the dataset core before issue 14 (normalise every
 modality to float32, zero invalid pixels, int64 labels, then torchvision-based ``JointAugment``),
-rebuilt from the layouts' raw reads. The new path (compact sample in the loader, collate,
-``BatchPreprocess`` on the batch) must give the same tensors for the same seed.
+rebuilt from the layouts' raw reads. Its normalisation is computed here by hand from the statistics
+file (read with ``json``: the dataset's ``stats/<modality>_stats.json``, else the packaged SSL4EO-S12
+file): clip to mean +- 2 std, scale to [0, 1] in numpy; LMDB values (stored clipped) are / 255.
+The new path (compact sample in the loader, collate, ``BatchPreprocess`` on the batch) and the float
+datasets must give the same tensors for the same seed.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +20,7 @@ import rasterio
 import torch
 from torch.utils.data import default_collate
 
+import cromss
 from cromss import schema
 from cromss.data import CromSSDataModule, DataConfig, build_dataset
 from cromss.data.demo import make_demo
@@ -43,8 +50,32 @@ def generic(tmp_path_factory):
     return root
 
 
+PACKAGED_STATS = Path(cromss.__file__).parent / "resources"
+
+
+def stats_by_hand(dataset, modality: str) -> dict:
+    """The statistics JSON the dataset must normalise ``modality`` with, read here: ``<root>/stats/`` of a
+    generic dataset, the packaged file for the demo (which writes no statistics of its own)."""
+    root = Path(dataset.cfg.root)
+    if dataset.cfg.kind == "generic":
+        path = root / "stats" / f"{modality}_stats.json"
+    else:
+        assert not list(root.rglob("stats/*.json")), "the demo data has no statistics of its own"
+        path = PACKAGED_STATS / f"{modality}_stats.json"
+    return json.loads(path.read_text())
+
+
+def normalise_by_hand(raw: np.ndarray, stats: dict, bands) -> torch.Tensor:
+    """clip(x, m - 2s, m + 2s) -> [0, 1] per band, in float64 numpy; statistics picked by band name."""
+    index = [stats["bands"].index(band) for band in bands]
+    mean = np.asarray(stats["mean"], np.float64)[index][:, None, None]
+    std = np.asarray(stats["std"], np.float64)[index][:, None, None]
+    low, high = mean - 2 * std, mean + 2 * std
+    return torch.from_numpy(((np.clip(raw.astype(np.float64), low, high) - low) / (high - low)).astype(np.float32))
+
+
 def reference_sample(dataset, index: int, augment: JointAugment | None) -> dict:
-    """Today's path: float normalisation per sample, then the joint torchvision augmentation."""
+    """Today's path: float normalisation per sample (by hand), then the joint torchvision augmentation."""
     location, fixed = dataset.entries[index]
     season = dataset._season(location, fixed)
     labels, labels_true = dataset.read_labels(location)
@@ -54,8 +85,12 @@ def reference_sample(dataset, index: int, augment: JointAugment | None) -> dict:
     for modality in dataset.modalities:
         images = dataset.read_images(location, season, modality)
         invalid |= images.invalid
-        tensor = torch.from_numpy(np.asarray(images.data, dtype=np.float32))
-        sample[modality] = tensor / 255.0 if images.prescaled else dataset.normalizers[modality](tensor)
+        if images.prescaled:  # uint8 LMDB values: already clipped to mean +- 2 std and scaled by 255
+            assert images.data.dtype == np.uint8
+            sample[modality] = torch.from_numpy(images.data.astype(np.float32) / 255.0)
+        else:
+            sample[modality] = normalise_by_hand(np.asarray(images.data), stats_by_hand(dataset, modality),
+                                                 dataset.bands_of(modality))
     valid = torch.from_numpy(~invalid)
     for modality in dataset.modalities:
         sample[modality] = torch.where(valid, sample[modality], torch.zeros(()))
@@ -152,16 +187,22 @@ def test_generic_device_path_with_nodata_and_padding(generic):
     assert bool((first["label"][3:9, 5:20] == schema.IGNORE_INDEX).all())
 
 
-def test_float_datasets_and_idempotence(demo):
-    cfg = DataConfig(kind="nol", root=str(demo), format="lmdb", crop_size=CROP)
+@pytest.mark.parametrize("fmt", ["lmdb", "geotiff"])
+def test_float_datasets_equal_the_reference_and_are_not_preprocessed_twice(demo, fmt):
+    cfg = DataConfig(kind="nol", root=str(demo), format=fmt, crop_size=CROP, rotate_p=0.8)
     floats = build_dataset(cfg, "train", train=True)
-    torch.manual_seed(3)
-    sample = floats[1]
-    torch.manual_seed(3)
-    compact = build_dataset(cfg, "train", train=True, compact=True)
-    again = compact.preprocessor().sample(compact[1])
-    assert sample["s2"].dtype == torch.float32 and AUG_KEY not in sample
-    assert torch.equal(sample["s2"], again["s2"]) and torch.equal(sample["label"], again["label"])
+    for index in range(len(floats)):
+        torch.manual_seed(3 + index)
+        sample = floats[index]
+        torch.manual_seed(3 + index)
+        expected = reference_sample(floats, index, _augment(floats))
+        assert AUG_KEY not in sample and set(sample) >= set(expected)
+        for key, value in expected.items():
+            assert sample[key].dtype == value.dtype and sample[key].shape == value.shape, key
+            if value.dtype.is_floating_point:
+                assert float((sample[key] - value).abs().max()) <= 1e-6, key
+            else:
+                assert torch.equal(sample[key], value), key
     # a batch without 'aug' is already preprocessed: unchanged
     batch = default_collate([sample])
     assert BatchPreprocess(["s1", "s2"], {"s1": None, "s2": None})(batch)["s2"] is batch["s2"]

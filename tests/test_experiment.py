@@ -143,6 +143,58 @@ def test_controlled_data_changes_only_the_noise(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dw" / "train" / "label").iterdir()) != []
 
 
+def _hand_samples(count: int, seed: int) -> list[dict]:
+    """``count`` samples of 4 x 4 px whose 'images' are logits over the 9 classes (the fake net passes
+    them through): labels 0-2 with about a third wrong, unlabelled pixels in the noisy and the true map."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(count):
+        truth = torch.randint(0, 3, (4, 4), generator=generator)
+        wrong = torch.rand(4, 4, generator=generator) < 0.35
+        label = torch.where(wrong, (truth + 1) % 3, truth)
+        label[0, 0], truth[3, 3] = 255, 255
+        sample = {"label": label, "label_true": truth}
+        for m, spread in (("s1", 2.0), ("s2", 1.0)):
+            logits = spread * torch.randn(9, 4, 4, generator=generator)
+            sample[m] = logits + 2.5 * torch.nn.functional.one_hot(truth.clamp(max=2), 9).permute(2, 0, 1)
+        samples.append(sample)
+    return samples
+
+
+@pytest.mark.parametrize("enhance", [True, False])
+def test_measure_noise_detection_is_sklearns_auc_and_ap_of_one_minus_w_l(monkeypatch, enhance):
+    """Every pixel of train + val, W_l per batch of the run's batch size at alpha0 (numpy reference of eqs.
+    8, 10, 11), wrong labels as positives: the AUC and AP are sklearn's on those scores."""
+    from noise_reference import noise_auc
+
+    import cromss.data
+    import cromss.weights
+    from cromss.experiments import measure_noise_detection
+
+    splits = {"train": _hand_samples(3, seed=1), "val": _hand_samples(1, seed=2)}
+    config = {"name": "hand", "data": {"kind": "nol", "root": "unused", "batch_size": 2},
+              "model": {"encoder": "resnet18", "fusion": "mid", "modalities": ["s1", "s2"], "num_classes": 9},
+              "method": {"alpha0": 0.4, "enhance": True}}
+    monkeypatch.setattr(cromss.weights, "load_cromss_net", lambda run: (lambda inputs: dict(inputs), config))
+    monkeypatch.setattr(cromss.data, "build_dataset", lambda cfg, split, train: splits[split])
+    result = measure_noise_detection("unused-run", enhance=enhance)
+
+    def batches():  # the run's batch size 2: train [2 + 1 samples], val [1]
+        for samples in (splits["train"][:2], splits["train"][2:], splits["val"]):
+            probs = {m: torch.stack([s[m] for s in samples]).softmax(1).numpy() for m in ("s1", "s2")}
+            yield (probs, torch.stack([s["label"] for s in samples]).numpy(),
+                   torch.stack([s["label_true"] for s in samples]).numpy())
+
+    expected = noise_auc(batches(), alpha=0.4, enhance=enhance)
+    assert result["alpha"] == 0.4 and result["enhance"] is enhance
+    assert result["pixels"] == expected["s1"]["pixels"] == 4 * (16 - 2)
+    assert result["noise_rate"] == pytest.approx(expected["s1"]["noise_rate"], abs=1e-12)
+    for m in ("s1", "s2"):
+        assert expected[m]["auc"] > 0.75, expected  # the flipped score (1 - AUC) cannot pass
+        assert result["modalities"][m]["auc"] == pytest.approx(expected[m]["auc"], abs=1e-9), m
+        assert result["modalities"][m]["ap"] == pytest.approx(expected[m]["ap"], abs=1e-9), m
+
+
 def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     torch.manual_seed(0)
     exp = tiny_experiment(tmp_path)
@@ -154,9 +206,17 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     # every pixel of every location and season is measured; its noise rate is the data's
     assert noise["pixels"] == 4 * 4 * 32 * 32
     assert noise["noise_rate"] == pytest.approx(info["noise_rate_measured"], abs=1e-9)
+    # the AUC / AP of the run's final network, recomputed here (numpy W_l per batch of 2, sklearn)
+    from noise_reference import noise_auc, run_batches
+
+    run = root / "pretrain" / "noise40" / "CromSS-midF"
+    expected = noise_auc(run_batches(run, ("train", "val"), 2, crop_size=None, eval_crop=None, eval_seasons="all",
+                                     max_samples=None), alpha=noise["alpha"], enhance=True)
+    assert noise["alpha"] == 0.5 and noise["enhance"] is True
     for modality in ("s1", "s2"):
-        assert 0.0 <= noise["modalities"][modality]["auc"] <= 1.0
-        assert noise["noise_rate"] * 0.5 < noise["modalities"][modality]["ap"] <= 1.0
+        assert expected[modality]["pixels"] == noise["pixels"]
+        assert noise["modalities"][modality]["auc"] == pytest.approx(expected[modality]["auc"], abs=1e-6)
+        assert noise["modalities"][modality]["ap"] == pytest.approx(expected[modality]["ap"], abs=1e-6)
 
     # the table files exist and parse
     with open(root / "tiny.csv", newline="") as handle:

@@ -58,11 +58,11 @@ def test_segmentation_loss_low_precision_finite_and_target_gets_no_grad() -> Non
 
 def test_segmentation_loss_bad_input() -> None:
     logits, target, weights = _two_pixels()
-    with pytest.raises(ConfigError, match="dice"):
+    with pytest.raises(ConfigError, match=r"dice must be one of \['paper', 'per_class', 'none'\], got 'smp'"):
         segmentation_loss(logits, target, weights, dice="smp")
-    with pytest.raises(DataError, match="weights"):
+    with pytest.raises(DataError, match=r"weights must have shape \[B, H, W\] = \(1, 1, 2\), got \(1, 2\)"):
         segmentation_loss(logits, target, weights[0])
-    with pytest.raises(DataError, match="target_probs"):
+    with pytest.raises(DataError, match=r"target_probs shape \(1, 1, 1, 2\) differs from logits \(1, 2, 1, 2\)"):
         segmentation_loss(logits, target[:, :1], weights)
 
 

@@ -101,12 +101,21 @@ def test_as_smp_unet_shares_modules() -> None:
         assert torch.equal(unet(x), net.forward_modality("s1", x))
 
 
-def test_channels_last_runs() -> None:
-    net = build_model(
-        ModelConfig(encoder="resnet18", fusion="late", decoder_channels=SLIM, channels_last=True)
-    )
-    out = net(_inputs(13, batch=2, size=32))
-    assert out["s2"].shape == (2, 9, 32, 32)
+def test_channels_last_gives_the_same_logits() -> None:
+    """channels_last changes the memory layout only: the same weights give the same logits."""
+    torch.manual_seed(0)
+    fast = build_model(ModelConfig(encoder="resnet18", fusion="late", decoder_channels=SLIM, channels_last=True))
+    plain = build_model(ModelConfig(encoder="resnet18", fusion="late", decoder_channels=SLIM))
+    plain.load_state_dict(fast.state_dict())
+    fast.eval(), plain.eval()
+    conv = fast.encoders["s2"].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    inputs = _inputs(13, batch=2, size=32)
+    with torch.no_grad():
+        got, expected = fast(inputs), plain(inputs)
+    for m in ("s1", "s2"):
+        assert got[m].shape == (2, 9, 32, 32)
+        torch.testing.assert_close(got[m], expected[m], atol=1e-5, rtol=1e-5)
 
 
 def test_input_errors_are_clear() -> None:

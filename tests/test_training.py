@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,6 +186,50 @@ def test_selection_off_keeps_consistency_unweighted():
     assert torch.allclose(terms["cons_s1"], expected, atol=1e-5)
 
 
+def _hand_noise_batch():
+    """Two 4 x 4 images, classes 0-2 of the 9: a true map, its noisy copy with 7 labels wrong, one pixel
+    unlabelled in each map, and two modalities' softmax that mostly (not always) follow the true class."""
+    generator = torch.Generator().manual_seed(5)
+    truth = torch.randint(0, 3, (2, 4, 4), generator=generator)
+    labels = truth.clone()
+    wrong = [(0, 0, 1), (0, 1, 3), (0, 2, 2), (0, 3, 0), (1, 0, 0), (1, 2, 1), (1, 3, 2)]
+    for index in wrong:
+        labels[index] = (truth[index] + 1) % 3
+    labels[0, 0, 0] = IGNORE_INDEX
+    truth[1, 1, 1] = IGNORE_INDEX
+    probs = {}
+    for m, spread in (("s1", 2.0), ("s2", 1.0)):
+        logits = spread * torch.randn(2, 9, 4, 4, generator=generator)
+        logits += 2.5 * F.one_hot(truth.clamp(max=2), 9).permute(0, 3, 1, 2)
+        probs[m] = logits.softmax(1)
+    return probs, labels, truth
+
+
+def test_noise_auc_of_validation_is_sklearns_roc_auc_of_one_minus_w_l(monkeypatch):
+    """``val/noise_auc_*`` = sklearn's ROC-AUC of 1 - W_l (eqs. 8, 10, 11 at the ramped alpha, numpy
+    reference) with the WRONG labels as positives: a sign flip or swapped classes gives 1 - AUC."""
+    from types import SimpleNamespace
+
+    from noise_reference import noise_scores, ramp_alpha
+    from sklearn.metrics import roc_auc_score
+
+    module = _module(selection=True, alpha0=0.5, rampup_epochs=4)
+    module.trainer = SimpleNamespace(sanity_checking=False, current_epoch=1, world_size=1)  # 2nd epoch
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    probs, labels, truth = _hand_noise_batch()
+    module._update_noise_auc(probs, labels, truth, batch_size=2)
+    alpha = ramp_alpha(2.0, 0.5, 4)  # W_l at the end of the 2nd epoch: 1 - exp(-5 (1 - 2/4)^2) / 2
+    assert alpha == pytest.approx(0.856747602, abs=1e-9)
+    known = ((labels != IGNORE_INDEX) & (truth != IGNORE_INDEX)).numpy()
+    noisy = (labels != truth).numpy()[known]
+    assert int(known.sum()) == 30 and int(noisy.sum()) == 7
+    scores = noise_scores({m: p.numpy() for m, p in probs.items()}, labels.numpy(), alpha)
+    for m in ("s1", "s2"):
+        expected = roc_auc_score(noisy, scores[m][known])
+        assert expected > 0.75, (m, expected)  # so the flipped score (1 - AUC < 0.25) cannot pass
+        assert float(module.val_noise_auc[m].compute()) == pytest.approx(expected, abs=1e-6), m
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
@@ -205,7 +250,7 @@ def tiny_config(demo_root: Path, out: Path, **trainer) -> PretrainConfig:
                  "eval_seasons": "first"},
         "model": TINY_MODEL,
         "method": {"rampup_epochs": 2},
-        # patience 0: the plateau scheduler halves the lr within the run, so resume must restore it
+        # patience 0: the plateau scheduler halves the lr after every epoch whose val loss does not improve
         "optim": {"patience": 0, "lr": 1e-2},
         "trainer": {"max_epochs": 3, "limit_train_batches": 2, "progress_bar": False, "num_sanity_val_steps": 0,
                     "log_every_n_steps": 1, **trainer},
@@ -217,14 +262,31 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _lr_per_epoch(run: Path) -> list[tuple[int, float]]:
+    """Every (epoch, train/lr) pair of metrics.csv, sorted: one lr per epoch when the scheduler steps at its end.
+    Lightning logs the lr as a float32 tensor, so the values are the float32 numbers nearest 1e-2, 5e-3."""
+    return sorted({(int(float(r["epoch"])), float(r["train/lr"])) for r in _rows(run) if r.get("train/lr")})
+
+
+LR_PER_EPOCH = [(0, float(np.float32(1e-2))), (1, float(np.float32(1e-2))), (2, float(np.float32(5e-3)))]
+
+
 def _epoch_values(run: Path, key: str) -> dict[int, float]:
     return {int(float(r["epoch"])): float(r[key]) for r in _rows(run) if r.get(key)}
 
 
 @pytest.mark.slow
-def test_run_folder_and_resume_equal_uninterrupted_run(demo_root, tmp_path, capsys):
+def test_run_folder_and_resume_equal_uninterrupted_run(demo_root, tmp_path, capsys, monkeypatch):
+    from noise_reference import noise_auc, ramp_alpha, run_batches
+
     from cromss.training import pretrain
 
+    # The plateau scheduler is fed a validation loss that never improves (a constant): with patience 0 it
+    # halves the lr after the 2nd and the 3rd epoch. The run is interrupted after 2 epochs: the resumed
+    # epoch needs the restored optimizer (lr 5e-3) and the restored scheduler (its best, else no halving).
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    real_step = plateau.step
+    monkeypatch.setattr(plateau, "step", lambda self, metrics, *args, **kwargs: real_step(self, 1.0))
     straight = pretrain(tiny_config(demo_root, tmp_path / "a"))
     run = Path(straight["run_dir"])
     # run folder layout
@@ -233,7 +295,14 @@ def test_run_folder_and_resume_equal_uninterrupted_run(demo_root, tmp_path, caps
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["world_size"] == 1 and summary["sync_selection"] is False
-    assert set(summary["noise_auc"]) == {"s1", "s2"} and all(0 <= v <= 1 for v in summary["noise_auc"].values())
+    # the last validation's noise AUC, recomputed from last.ckpt on the validation split (one location, first
+    # season: one batch) at alpha(3 epochs) = alpha0 = 0.5 with the numpy W_l: the run logs the AUC binned at
+    # 1001 thresholds (torchmetrics here too), within binning of sklearn's exact one
+    expected = noise_auc(run_batches(run, ("val",), 2), alpha=ramp_alpha(3, 0.5, 2))
+    assert set(summary["noise_auc"]) == {"s1", "s2"}
+    for m in ("s1", "s2"):
+        assert summary["noise_auc"][m] == pytest.approx(expected[m]["auc_1001"], abs=1e-5), m
+        assert summary["noise_auc"][m] == pytest.approx(expected[m]["auc"], abs=5e-3), m
     assert "noise-detection ROC-AUC" in capsys.readouterr().out
     assert read_yaml(run / "config.yaml")["trainer"]["precision"] == "32-true"  # 'auto' resolved on CPU
     checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
@@ -244,11 +313,10 @@ def test_run_folder_and_resume_equal_uninterrupted_run(demo_root, tmp_path, caps
                 "val/loss", "val/miou_noisy_s1", "val/miou_true_s2", "val/noise_auc_s2", "train/w_l_s1/water",
                 "train/w_e_s2/water"):
         assert key in header, key
-    lrs = _epoch_values(run, "train/lr")
-    assert min(lrs.values()) < max(lrs.values()) or len(set(_epoch_values(run, "val/loss").values())) == 3
+    assert _lr_per_epoch(run) == LR_PER_EPOCH
 
-    # interrupted after one epoch, then resumed for the remaining two
-    interrupted = tiny_config(demo_root, tmp_path / "b", max_epochs=1)
+    # interrupted after two epochs, then resumed for the third
+    interrupted = tiny_config(demo_root, tmp_path / "b", max_epochs=2)
     pretrain(interrupted)
     with pytest.raises(ConfigError, match="--resume"):
         pretrain(interrupted)  # an existing run is not overwritten silently
@@ -259,6 +327,10 @@ def test_run_folder_and_resume_equal_uninterrupted_run(demo_root, tmp_path, caps
     for key, value in final_a["state_dict"].items():
         assert torch.equal(value, final_b["state_dict"][key]), key
     assert final_a["cromss_plateau_scheduler"] == final_b["cromss_plateau_scheduler"]
+    assert final_a["cromss_plateau_scheduler"]["best"] == 1.0
+    for final in (final_a, final_b):  # halved once more after the last epoch
+        assert [group["lr"] for group in final["optimizer_states"][0]["param_groups"]] == [2.5e-3]
+    assert _lr_per_epoch(tmp_path / "b/tiny") == LR_PER_EPOCH
     assert straight["best_val_loss"] == resumed["best_val_loss"]
     for key in ("val/loss", "val/noise_auc_s1", "train/loss_epoch"):
         assert _epoch_values(run, key) == _epoch_values(tmp_path / "b/tiny", key), key

@@ -131,7 +131,6 @@ def test_paper_configs_load(name: str) -> None:
 
 
 def test_pretrained_file_loads_into_encoder_and_mismatches_fail(tmp_path: Path) -> None:
-    pytest.importorskip("cromss.weights")
     torch.manual_seed(3)
     donor = build_segmentation_model("unet", "resnet18", in_channels=13, num_classes=9).encoder
     state = {k: v for k, v in donor.state_dict().items()}

@@ -291,7 +291,15 @@ def test_experiment_on_own_generic_data(chip, tmp_path, capsys):
             pixels += int(known.sum())
             wrong += int((noisy != hand)[known].sum())
     assert noise["pixels"] == pixels and noise["noise_rate"] == pytest.approx(wrong / pixels)
-    assert 0.0 <= noise["modalities"]["s2"]["auc"] <= 1.0
+    # the AUC / AP of 1 - W_l, recomputed from the run's last.ckpt (numpy W_l per batch of 4 at alpha0, sklearn)
+    from noise_reference import noise_auc, run_batches
+
+    run = root / "pretrain" / "own" / "single-s2"
+    expected = noise_auc(run_batches(run, ("train", "val"), 4, root=str(chip["noisy"]), crop_size=None,
+                                     eval_crop=None, eval_seasons="all", max_samples=None), alpha=0.5)["s2"]
+    assert noise["alpha"] == 0.5 and expected["pixels"] == pixels
+    assert noise["modalities"]["s2"]["auc"] == pytest.approx(expected["auc"], abs=1e-6)
+    assert noise["modalities"]["s2"]["ap"] == pytest.approx(expected["ap"], abs=1e-6)
     metrics = json.loads((root / "finetune" / "own-s2" / "own-single-s2" / "finetuned" / "seed0" / "metrics.json")
                          .read_text())
     assert metrics["class_names"] == ["not_water", "water"]

@@ -42,19 +42,19 @@ def test_for_modality_uses_schema_statistics_and_9_band_subset():
 
 
 def test_wrong_band_count_and_bad_stats_raise(tmp_path):
-    with pytest.raises(DataError, match="13 bands"):
+    with pytest.raises(DataError, match="ClipNormalize built for 13 bands got 9 bands"):
         ClipNormalize.for_modality("s2", 13)(torch.zeros(9, 4, 4))
-    with pytest.raises(DataError, match="std"):
+    with pytest.raises(DataError, match=r"every std must be > 0, got \[0\.0\]"):
         ClipNormalize([0.0], [0.0])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="Sentinel-2 input must have 13 or 9 bands, got 12"):
         ClipNormalize.for_modality("s2", 12)
     bad = tmp_path / "s2.json"
     bad.write_text(json.dumps({"bands": ["B1"], "mean": [1.0]}))
-    with pytest.raises(DataError, match="std"):
+    with pytest.raises(DataError, match=r"s2\.json lacks key 'std'"):
         load_band_stats("s2", bad)
     lacking = tmp_path / "s2b.json"
     lacking.write_text(json.dumps({"bands": ["B1"], "mean": [1.0], "std": [2.0]}))
-    with pytest.raises(DataError, match="B2"):
+    with pytest.raises(DataError, match=r"s2b\.json lack band\(s\) \['B2', 'B3', .*'B12'\] of s2"):
         ClipNormalize.for_modality("s2", 13, lacking)
 
 

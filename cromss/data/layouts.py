@@ -287,10 +287,17 @@ class NolGeoTiffDataset(SegmentationDataset):
             if key == "label_true" and not self.has_true_labels:
                 out.append(None)
                 continue
-            seasons = [read_label_geotiff(p, NOL_LABELS).data[0] for p in self._label_files(key, sample_id)]
-            shapes = {s.shape for s in seasons}
-            if len(shapes) != 1:
-                raise DataError(f"labels of {sample_id} in {TREE_DIRS[key]}/ differ in shape: {sorted(shapes)}")
+            files = self._label_files(key, sample_id)
+            seasons = [read_label_geotiff(p, NOL_LABELS).data[0] for p in files]
+            shapes = [season.shape for season in seasons]
+            common = max(shapes, key=shapes.count)  # the grid of most seasons: the odd file is named
+            for path, shape in zip(files, shapes):
+                if shape != common:
+                    other = files[shapes.index(common)].name
+                    raise DataError(
+                        f"label {path} is {shape[0]}x{shape[1]} px, the label {other} of {sample_id} in "
+                        f"{TREE_DIRS[key]}/ is {common[0]}x{common[1]}"
+                    )
             out.append(np.stack(seasons))
         return out[0], out[1]
 

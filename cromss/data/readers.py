@@ -273,6 +273,16 @@ def read_geotiff(
                 raise DataError(f"{what} {path} has dtype {dtype}, which is not accepted here")
             indexes = list(bands) if bands is not None else list(range(1, count + 1))
             if out_shape is not None and tuple(out_shape) != (src.height, src.width):
+                # a coarser (or finer) band of the same extent has a whole-number size ratio (SSL4EO-S12: the
+                # 20 m and 60 m bands are 1/2 and 1/6 of the 10 m grid); any other size is another extent
+                height, width = out_shape
+                whole = max(height, src.height) % min(height, src.height) == 0 and \
+                    max(width, src.width) % min(width, src.width) == 0
+                if not whole or height * src.width != width * src.height:
+                    raise DataError(
+                        f"{what} {path} is {src.height}x{src.width} px, not a whole-number resolution of the "
+                        f"{height}x{width} label grid it is resampled to (another extent or a cut file)"
+                    )
                 data = src.read(indexes, out_shape=(len(indexes), *out_shape), resampling=Resampling.bilinear)
             else:
                 data = src.read(indexes)
