@@ -355,25 +355,32 @@ def kfold_cromss(table: dict[str, Any], root: Path, work: Path, pixels: Pixels, 
     (`cromss audit RUN_k --data FOLD_k --splits test`; thresholds over that fold)."""
     from cromss.audit import AuditOptions, run_audit
 
-    dirs: dict[str, Path] = {}
-    seconds = 0.0
-    for k, held in enumerate(folds_of(pixels, s["folds"])):
-        fold_root = fold_dataset(root, work / "folds" / f"fold{k}", held)
-        run, train_s = pretrain_run(fold_root, work / "runs", f"CromSS-lateF-fold{k}", VARIANTS["CromSS-lateF"], s)
-        audit_dir = work / "audits" / f"CromSS-lateF-fold{k}"
-        if not (audit_dir / "audit.json").is_file():
-            run_audit(run, audit_dir, AuditOptions(data=str(fold_root), splits=["test"], progress=False,
-                                                   overwrite=True, panels=0))
-        seconds += train_s + json.loads((audit_dir / "audit.json").read_text())["seconds"]["total"]
-        for name in pixels.names:
-            if (audit_dir / "scores" / f"{name}.tif").is_file():
-                dirs[name] = audit_dir
-    scores = audit_scores(dirs, pixels, ["s1", "s2"])
-    for key, score in scores.items():
-        table[f"CromSS-lateF audit {key}, {s['folds']}-fold (out of sample)"] = exact_metrics(score, pixels.wrong) \
-            | {"seconds": round(seconds, 1)}
-    key = f"CromSS-lateF audit mean, {s['folds']}-fold (out of sample)"
-    log(f"[{tag}] CromSS-lateF {s['folds']}-fold: mean {table[key]['auc']:.3f}")
+    for kind in ("weight", "confidence"):
+        dirs: dict[str, Path] = {}
+        seconds = 0.0
+        for k, held in enumerate(folds_of(pixels, s["folds"])):
+            fold_root = fold_dataset(root, work / "folds" / f"fold{k}", held)
+            run, train_s = pretrain_run(fold_root, work / "runs", f"CromSS-lateF-fold{k}", VARIANTS["CromSS-lateF"],
+                                        s)
+            audit_dir = work / "audits" / (f"CromSS-lateF-fold{k}" + ("" if kind == "weight" else f"-{kind}"))
+            if not (audit_dir / "audit.json").is_file():
+                run_audit(run, audit_dir, AuditOptions(data=str(fold_root), splits=["test"], score=kind,
+                                                       progress=False, overwrite=True, panels=0))
+            seconds += train_s + json.loads((audit_dir / "audit.json").read_text())["seconds"]["total"]
+            for name in pixels.names:
+                if (audit_dir / "scores" / f"{name}.tif").is_file():
+                    dirs[name] = audit_dir
+        scores = audit_scores(dirs, pixels, ["s1", "s2"])
+        for key, score in scores.items():
+            table[f"CromSS-lateF audit {key}, {s['folds']}-fold (out of sample{_score_tag(kind)})"] = \
+                exact_metrics(score, pixels.wrong) | {"seconds": round(seconds, 1)}
+        key = f"CromSS-lateF audit mean, {s['folds']}-fold (out of sample{_score_tag(kind)})"
+        log(f"[{tag}] CromSS-lateF {s['folds']}-fold {kind}: mean {table[key]['auc']:.3f}")
+
+
+def _score_tag(score: str) -> str:
+    """Row label suffix of an audit ranked by ``--score`` (the default 1 - W_l has none)."""
+    return "" if score == "weight" else f", score {score}"
 
 
 def table_spearman(audit_dir: Path, pixels: Pixels) -> float:
@@ -402,11 +409,12 @@ def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_
     # --- CromSS audits
     for variant in ("CromSS-midF", "CromSS-lateF") if "cromss" in methods else ():
         run, train_s = pretrain_run(root, runs, variant, VARIANTS[variant], s)
-        for thresholds in ("dataset", "batch"):
-            audit_dir = work / "audits" / f"{variant}-{thresholds}"
+        for thresholds, kind in (("dataset", "weight"), ("batch", "weight"), ("dataset", "ratio"),
+                                 ("dataset", "confidence")):
+            audit_dir = work / "audits" / (f"{variant}-{thresholds}" + ("" if kind == "weight" else f"-{kind}"))
             if not (audit_dir / "audit.json").is_file():
-                run_audit(run, audit_dir, AuditOptions(data=str(root), thresholds=thresholds, progress=False,
-                                                       overwrite=True, panels=0))
+                run_audit(run, audit_dir, AuditOptions(data=str(root), thresholds=thresholds, score=kind,
+                                                       progress=False, overwrite=True, panels=0))
             audit_s = json.loads((audit_dir / "audit.json").read_text())["seconds"]["total"]
             scores = audit_scores(audit_dir, pixels, ["s1", "s2"])
             held_out = validation_mask(audit_dir, pixels)
@@ -414,12 +422,13 @@ def evaluate_dataset(tag: str, root: Path, work: Path, s: dict[str, Any], extra_
                 entry = exact_metrics(score, wrong) | {"seconds": round(train_s + audit_s, 1)}
                 if key == "mean":
                     entry["spearman_samples"] = table_spearman(audit_dir, pixels)
-                    entry |= flag_metrics(score >= 0.5, wrong)
+                    if kind == "weight":  # the audit's flags: 1 - W_l >= 0.5 whatever --score ranks by
+                        entry |= flag_metrics(score >= 0.5, wrong)
                     # the run's own validation locations were never trained on: out of sample
                     entry["auc_validation_locations"] = exact_metrics(score[held_out], wrong[held_out])["auc"]
-                table[f"{variant} audit {key} ({thresholds} thresholds)"] = entry
-            aucs = {k: table[f"{variant} audit {k} ({thresholds} thresholds)"]["auc"] for k in scores}
-            log(f"[{tag}] {variant} {thresholds}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
+                table[f"{variant} audit {key} ({thresholds} thresholds{_score_tag(kind)})"] = entry
+            aucs = {k: table[f"{variant} audit {k} ({thresholds} thresholds{_score_tag(kind)})"]["auc"] for k in scores}
+            log(f"[{tag}] {variant} {thresholds} {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
     # --- in-sample single-modal S2: self-confidence
     if "self" in methods:
         run, train_s = pretrain_run(root, runs, "single-S2", VARIANTS["single-S2"], s)

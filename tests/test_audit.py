@@ -446,6 +446,54 @@ def test_single_modal_run_scores_its_own_confidence(generic, tmp_path):
 
 
 # ----------------------------------------------------------------------------- CLI, errors, report
+def test_ratio_and_confidence_scores_by_hand_and_the_same_flags(demo, tmp_path):
+    """--score ratio = 1 / (1 + f / f_c) and --score confidence = 1 - f, with f the enhanced label confidence
+    (eq. 10) and f_c the floor(alpha N_c)-th largest f of class c over the dataset (numpy sort here); flags and
+    the flagged counts stay those of 1 - W_l."""
+    from cromss.selection import cross_modal_enhance, label_confidence
+
+    samples = _all_samples(demo["cfg"])
+    names = [n for n, _ in samples]
+    inputs = {m: torch.stack([s[m] for _, s in samples]) for m in ("s1", "s2")}
+    labels = torch.stack([s["label"] for _, s in samples])
+    with torch.no_grad():
+        probs = {m: v.softmax(1) for m, v in demo["net"](inputs).items()}
+    f = cross_modal_enhance([label_confidence(probs[m], labels, IGNORE_INDEX) for m in ("s1", "s2")])
+    f = [c.numpy() for c in f]
+    lab = labels.numpy()
+    labelled = lab != IGNORE_INDEX
+    thresholds = []
+    for conf in f:
+        table = np.zeros(9)
+        for c in range(9):
+            values = np.sort(conf[lab == c])[::-1]
+            if values.size:
+                table[c] = values[max(1, int(np.floor(0.5 * values.size + 1e-6))) - 1]
+        thresholds.append(table)
+    for kind in ("ratio", "confidence"):
+        out = tmp_path / kind
+        summary = run_audit(demo["run"], out, AuditOptions(progress=False, panels=0, score=kind))
+        assert summary["settings"]["score"] == kind
+        assert summary["flagged_pixels"] == demo["summary"]["flagged_pixels"]  # flags: 1 - W_l
+        maps = _maps(out, names)
+        for index, name in enumerate(names):
+            keep = labelled[index]
+            for band, conf in enumerate(f):
+                if kind == "ratio":
+                    expected = 1.0 / (1.0 + conf[index] / thresholds[band][np.where(keep, lab[index], 0)])
+                else:
+                    expected = 1.0 - conf[index]
+                np.testing.assert_allclose(maps[name][band + 1][keep], expected[keep], atol=2e-6)
+        reference = summary["reference"]["scores"]
+        assert reference["combined_mean"]["auc"] == pytest.approx(reference[f"{kind}_mean"]["auc"], abs=1e-9)
+        assert {"weight_mean", "ratio_mean", "confidence_mean"} <= set(reference)
+    # below the class threshold the ratio ranks exactly as 1 - W_l (both decrease with f / f_c)
+    weight_maps, ratio_maps = _maps(demo["audit"], names[:1]), _maps(tmp_path / "ratio", names[:1])
+    w, r = weight_maps[names[0]][2][labelled[0]], ratio_maps[names[0]][2][labelled[0]]
+    below = w > 0
+    assert (np.argsort(w[below], kind="stable") == np.argsort(r[below], kind="stable")).mean() > 0.99
+
+
 def test_existing_output_is_refused_and_left_byte_identical(demo, capsys):
     before = {p: p.read_bytes() for p in demo["audit"].rglob("*") if p.is_file()}
     assert main(["audit", str(demo["run"]), "--out", str(demo["audit"]), "--no-progress"]) == 2
@@ -459,6 +507,7 @@ def test_existing_output_is_refused_and_left_byte_identical(demo, capsys):
     (["--relabel"], "--relabel needs --clean"),
     (["--flag", "0"], "--flag 0.0 must be in (0, 1]"),
     (["--data", "/nonexistent/folder"], "--data /nonexistent/folder: no such folder"),
+    (["--score", "ratio", "--thresholds", "batch"], "--score ratio needs --thresholds dataset"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(demo, tmp_path, capsys, args, message):
     out = tmp_path / "out"

@@ -1,6 +1,6 @@
 """Score maps: one float32 GeoTIFF per audited sample, on the label's grid.
 
-Band 1 is the combined score, then one band per modality (``1 - W_l``), each named in the band
+Band 1 is the combined score, then one band per modality (``1 - W_l`` by default; ``--score``), each named in the band
 descriptions; unlabelled pixels are nodata (NaN). The map carries the label file's transform and CRS
 when the source has them (generic GeoTIFF datasets, the NoL GeoTIFF tree, downstream tiles); LMDB and
 stream samples have no georeference, so their maps are written on pixel coordinates only.
@@ -50,10 +50,12 @@ def write_geotiff(path: Path, data: np.ndarray, transform: Any | None, crs: Any 
 
 
 def write_score_map(path: Path, combined: np.ndarray, per_modality: dict[str, np.ndarray], labelled: np.ndarray,
-                    transform: Any | None, crs: Any | None, combine: str) -> Path:
-    """The score map of one sample: ``[combined, modality...]`` float32, NaN where unlabelled."""
+                    transform: Any | None, crs: Any | None, combine: str, score: str = "weight") -> Path:
+    """The score map of one sample: ``[combined, modality...]`` float32, NaN where unlabelled; ``score``
+    names what the bands hold (cromss.audit.scoring.SCORES)."""
     bands = [combined, *per_modality.values()]
     stack = np.stack(bands).astype(np.float32)
     stack[:, ~labelled] = NODATA
-    names = [f"score_{combine}", *[f"score_{m} (1 - W_l)" for m in per_modality]]
+    meaning = {"weight": "1 - W_l", "ratio": "1 / (1 + f / f_c)", "confidence": "1 - f"}.get(score, score)
+    names = [f"score_{combine}", *[f"score_{m} ({meaning})" for m in per_modality]]
     return write_geotiff(path, stack, transform, crs, NODATA, names, what="score map")

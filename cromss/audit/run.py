@@ -63,6 +63,7 @@ class AuditOptions:
     data: str | None = None  # --data: another dataset than the run's pretraining data
     thresholds: str = "dataset"  # per-class thresholds over the whole dataset, or per batch as in training
     combine: str = "mean"  # combined score across modalities (scoring.COMBINE)
+    score: str = "weight"  # what a pixel's score is (scoring.SCORES); flags always come from 1 - W_l
     flag: float = 0.5  # a pixel is flagged when its combined score >= flag (i.e. W_l <= 1 - flag)
     batch_size: int | None = None  # default: the run's data.batch_size
     device: str = "cpu"
@@ -80,6 +81,11 @@ class AuditOptions:
             raise ConfigError(f"--thresholds {self.thresholds!r} is not one of {list(THRESHOLDS)}")
         if self.combine not in scoring.COMBINE:
             raise ConfigError(f"--combine {self.combine!r} is not one of {list(scoring.COMBINE)}")
+        if self.score not in scoring.SCORES:
+            raise ConfigError(f"--score {self.score!r} is not one of {list(scoring.SCORES)}")
+        if self.score == "ratio" and self.thresholds != "dataset":
+            raise ConfigError("--score ratio needs --thresholds dataset (the ratio to the class threshold is "
+                              "continued above it, which per-batch W_l values no longer hold)")
         if not 0.0 < self.flag <= 1.0:
             raise ConfigError(f"--flag {self.flag} must be in (0, 1] (a score: 1 - W_l)")
         if self.batch_size is not None and self.batch_size < 1:
@@ -274,6 +280,7 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
             else:
                 values = conf
             stacked = torch.stack([v.float() for v in values])  # [M, B, H, W]
+            raw = torch.stack([c.float() for c in conf]) if options.thresholds == "batch" else None
             if options.thresholds == "dataset":
                 for index, m in enumerate(modalities):
                     selectors[m].add_coarse(stacked[index], labels)
@@ -284,6 +291,8 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
                           "p_label": p_label[b].numpy().astype(np.uint16),
                           "consensus": consensus[b].numpy().astype(np.int16),
                           "label": sample.label.numpy().astype(np.int16)}
+                if raw is not None:  # per-batch W_l in "conf": keep the confidences for --score confidence
+                    arrays["raw"] = raw[:, b].numpy().astype(np.float32)
                 if sample.reference is not None:
                     arrays["reference"] = sample.reference.numpy().astype(np.int16)
                     has_reference = True
@@ -320,7 +329,9 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
                 progress.advance(task)
             thresholds = {m: selectors[m].thresholds for m in modalities}
         combined_names = [f"combined_{how}" for how in scoring.COMBINE]
-        metric_names = [*modalities, *combined_names, "self_confidence"]
+        # every score kind's combined mean is measured too, so the summary says which ranks best here
+        score_kinds = [k for k in scoring.SCORES if k != "ratio" or thresholds is not None]
+        metric_names = [*modalities, *combined_names, "self_confidence", *[f"{k}_mean" for k in score_kinds]]
         binned = BinnedScores(metric_names, num_classes) if has_reference else None
         rows: list[SampleRow] = []
         worst: list[tuple[tuple[float, float, int], int]] = []  # max-heap of the panels' samples
@@ -337,11 +348,21 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
                                        for i, m in enumerate(modalities)])
             else:
                 weights = conf  # per-batch W_l, computed in pass 1
-            scores = torch.where(labelled, 1.0 - weights, torch.zeros_like(weights))
+            raw = torch.from_numpy(arrays["raw"]) if "raw" in arrays.files else conf
+            kinds = {"weight": torch.where(labelled, 1.0 - weights, torch.zeros_like(weights))}
+            kinds["confidence"] = torch.stack([scoring.pixel_scores(raw[i], label, torch.zeros(num_classes),
+                                                                    IGNORE_INDEX, "confidence")
+                                               for i in range(len(modalities))])
+            if thresholds is not None:
+                kinds["ratio"] = torch.stack([scoring.pixel_scores(conf[i], label, thresholds[m], IGNORE_INDEX,
+                                                                   "ratio") for i, m in enumerate(modalities)])
+            scores = kinds[options.score]
             combos = {f"combined_{how}": scoring.combine_scores(scores, how) for how in scoring.COMBINE}
             combined = combos[f"combined_{options.combine}"]
             p_label = torch.from_numpy(arrays["p_label"].astype(np.float32)) / scoring.LEVELS
-            flagged = labelled & (combined >= options.flag - 1e-7)
+            # flags come from the method's own trust whatever --score ranks by: --clean is the same
+            flag_score = scoring.combine_scores(kinds["weight"], options.combine)
+            flagged = labelled & (flag_score >= options.flag - 1e-7)
             count = int(labelled.sum())
             row = SampleRow(
                 info.index, info.location, info.time, info.split, count, int(flagged.sum()),
@@ -353,7 +374,7 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
                 relative = f"{MAPS_DIR}/{info.name}.tif"
                 write_score_map(work / relative, combined.numpy(), {m: scores[i].numpy() for i, m in
                                                                     enumerate(modalities)},
-                                labelled.numpy(), info.transform, info.crs, options.combine)
+                                labelled.numpy(), info.transform, info.crs, options.combine, options.score)
                 row.score_map = relative
             if "reference" in arrays.files:
                 reference = torch.from_numpy(arrays["reference"].astype(np.int64))
@@ -367,6 +388,8 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
                 if binned is not None:
                     named = {m: scores[i] for i, m in enumerate(modalities)} | combos
                     named["self_confidence"] = 1.0 - p_label
+                    for kind, values in kinds.items():
+                        named[f"{kind}_mean"] = values.mean(dim=0)
                     binned.add(named, label, wrong, known)
             totals["labelled"] += count
             totals["flagged"] += row.flagged_pixels
@@ -411,7 +434,7 @@ def _audit(net: Any, cfg: Any, data_cfg: Any, readers: list[SplitReader], modali
         "modalities": modalities, "classes": list(classes.names), "class_colors": list(classes.colors),
         "samples": len(rows), "labelled_pixels": totals["labelled"],
         "settings": {"alpha": alpha, "gamma": 1.0, "enhance": enhance, "thresholds": options.thresholds,
-                     "combine": options.combine, "flag": options.flag, "batch_size": batch_size,
+                     "score": options.score, "combine": options.combine, "flag": options.flag, "batch_size": batch_size,
                      "selection_in_training": bool(cfg.method.selection)},
         "flagged_pixels": totals["flagged"],
         "flagged_fraction": totals["flagged"] / totals["labelled"] if totals["labelled"] else None,

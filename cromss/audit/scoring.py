@@ -29,6 +29,11 @@ _BUCKETS: int = 1 << 16
 _FLOOR_SLACK = 1e-6
 #: How the per-modality scores combine into one score (docs/audit.md, "Combined score").
 COMBINE: tuple[str, ...] = ("mean", "product", "max", "min")
+#: What a pixel's score is (docs/audit.md, "Which score"): ``weight`` = ``1 - W_l`` (the method's own
+#: trust, clipped at the class threshold: the upper alpha0 share of every class ties at 0), ``ratio`` =
+#: ``1 / (1 + f / f_c)`` (the same order below the threshold, continued above it: no ties), ``confidence``
+#: = ``1 - f`` (the enhanced label confidence of eq. (10) without the per-class normalisation).
+SCORES: tuple[str, ...] = ("weight", "ratio", "confidence")
 
 
 def quantize(conf: Tensor) -> Tensor:
@@ -134,8 +139,35 @@ def weights_from_thresholds(conf: Tensor, labels: Tensor, thresholds: Tensor, ig
     return torch.where(labelled, weights, torch.zeros_like(weights))
 
 
+def ratio_to_threshold(conf: Tensor, labels: Tensor, thresholds: Tensor, ignore_index: int) -> Tensor:
+    """``r = f / f_c`` per pixel (unclipped; ``inf`` where ``f_c <= 0``, 0 at ignored pixels)."""
+    conf = torch.nan_to_num(conf.detach().float(), nan=0.0).clamp_min(0.0)
+    labelled = labels != ignore_index
+    classes = torch.where(labelled, labels.long(), torch.zeros_like(labels, dtype=torch.long))
+    threshold = thresholds.to(conf.device)[classes]
+    ratio = torch.where(threshold > 0, conf / torch.where(threshold > 0, threshold, torch.ones_like(threshold)),
+                        torch.full_like(conf, math.inf))
+    return torch.where(labelled, ratio, torch.zeros_like(ratio))
+
+
+def pixel_scores(conf: Tensor, labels: Tensor, thresholds: Tensor, ignore_index: int,
+                 score: str = "weight") -> Tensor:
+    """The audit score in [0, 1] of every pixel (0 at ignored pixels) from its enhanced label confidence
+    ``conf`` and the per-class thresholds ``[C]`` (:data:`SCORES`). Any shape; ``labels`` alike."""
+    labelled = labels != ignore_index
+    if score == "weight":
+        value = 1.0 - weights_from_thresholds(conf, labels, thresholds, ignore_index)
+    elif score == "ratio":
+        value = 1.0 / (1.0 + ratio_to_threshold(conf, labels, thresholds, ignore_index))
+    elif score == "confidence":
+        value = 1.0 - torch.nan_to_num(conf.detach().float(), nan=0.0).clamp(0.0, 1.0)
+    else:
+        raise ConfigError(f"--score {score!r} is not one of {list(SCORES)}")
+    return torch.where(labelled, value, torch.zeros_like(value))
+
+
 def combine_scores(scores: Tensor, how: str = "mean") -> Tensor:
-    """One score from the per-modality scores ``[M, ...]`` (each ``1 - W_l`` in [0, 1]).
+    """One score from the per-modality scores ``[M, ...]`` (each in [0, 1], e.g. ``1 - W_l``).
 
     ``mean``: the average; ``product``: ``1 - prod(W_l)`` (high if any modality distrusts the label);
     ``max``: the most suspicious modality; ``min``: only what every modality distrusts.

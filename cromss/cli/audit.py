@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from cromss.audit import AuditOptions, run_audit
 
     options = AuditOptions(
-        data=args.data, thresholds=args.thresholds, combine=args.combine, flag=args.flag,
+        data=args.data, thresholds=args.thresholds, score=args.score, combine=args.combine, flag=args.flag,
         batch_size=args.batch_size, device=args.device, panels=args.panels,
         splits=args.splits.split(",") if args.splits else None, maps=not args.no_maps,
         progress=not args.no_progress, clean=args.clean, relabel=args.relabel, overwrite=args.overwrite,
@@ -73,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--thresholds", choices=["dataset", "batch"], default="dataset",
                         help="per-class thresholds of eq. (11) over the whole dataset (default) or per batch "
                         "as in training")
+    parser.add_argument("--score", choices=["weight", "ratio", "confidence"], default="weight",
+                        help="what ranks the pixels: weight = 1 - W_l (default, the method's trust), ratio = "
+                        "1 / (1 + f / f_c) (same order below the class threshold, no ties above it), confidence "
+                        "= 1 - f (no per-class normalisation; ranked best at high noise in docs/results.md); "
+                        "flags and --clean always use 1 - W_l")
     parser.add_argument("--combine", choices=["mean", "product", "max", "min"], default="mean",
                         help="combined score across modalities (default: mean of 1 - W_l)")
     parser.add_argument("--flag", type=float, default=0.5, help="flag pixels whose combined score is >= this "
